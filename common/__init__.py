@@ -1,0 +1,1 @@
+"""Shared harness: models, data, training engine, checkpoints, logging, metrics and seeding."""

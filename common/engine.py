@@ -1,0 +1,435 @@
+"""The training engine shared by every method: train/evaluate loops, AMP, checkpoint/resume, NaN guard.
+
+One :class:`Trainer` drives one phase of training. Its checkpoint holds everything the rest of the phase
+depends on (weights, optimizer, scheduler, AMP scaler, RNG states, the position inside the epoch and the
+running sums of the epoch), and the train loader's batches are a pure function of (seed, epoch, batch index),
+so a run resumed from any checkpoint ends bitwise equal (on CPU) to one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from common.checkpoint import CheckpointManager
+from common.logging import RunLogger, progress
+from common.metrics import topk_correct
+from common.seeding import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class RunContext:
+    """What a method's ``run(cfg, ctx)`` gets from the launcher besides the config."""
+
+    cfg: DictConfig
+    output_dir: Path
+    device: torch.device
+    logger: RunLogger
+    checkpoints: CheckpointManager
+    progress: bool = True
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def autocast(
+    device: torch.device, enabled: bool, dtype: str = "float16"
+) -> contextlib.AbstractContextManager:
+    """Mixed precision context: fp16/bf16 on CUDA, bf16 on CPU (CPU autocast has no useful fp16)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    torch_dtype = torch.bfloat16 if (dtype == "bfloat16" or device.type == "cpu") else torch.float16
+    return torch.autocast(device_type=device.type, dtype=torch_dtype)
+
+
+def default_loss(
+    task: str, label_smoothing: float = 0.0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy for classification, mean squared error for regression."""
+    if task == "regression":
+        return F.mse_loss
+    if label_smoothing:
+        return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    return F.cross_entropy
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    *,
+    task: str = "classification",
+    prefix: str = "test",
+    limit_batches: int | None = None,
+    amp: bool = False,
+    amp_dtype: str = "float16",
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy (top-1, top-5) of ``model`` on ``loader``; for regression loss (MSE) and MAE.
+
+    The model is put in eval mode and its previous mode restored.
+    """
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    abs_err = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    try:
+        for i, (x, y) in enumerate(loader.epoch_iter(0)):
+            if limit_batches is not None and i >= limit_batches:
+                break
+            with autocast(device, amp, amp_dtype):
+                out = model(x)
+            out = out.float()
+            if task == "regression":
+                loss_sum += F.mse_loss(out, y, reduction="sum").double() / max(1, out[0].numel())
+                abs_err += (out - y).abs().sum().double() / max(1, out[0].numel())
+            else:
+                loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+                c1, c5 = topk_correct(out, y, (1, 5))
+                top1 += c1
+                top5 += c5
+            seen += y.shape[0]
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        return {}
+    result = {f"{prefix}_loss": loss_sum.item() / seen}
+    if task == "regression":
+        result[f"{prefix}_mae"] = abs_err.item() / seen
+    else:
+        result[f"{prefix}_acc"] = top1.item() / seen
+        result[f"{prefix}_top5"] = top5.item() / seen
+    return result
+
+
+class Trainer:
+    """Trains ``model`` for ``epochs`` epochs, checkpointing and resuming automatically.
+
+    Args:
+        model: the network, already on ``ctx.device``.
+        optimizer: any ``torch.optim.Optimizer`` (or an object with ``step``/``zero_grad``/``state_dict``).
+        data: a :class:`common.data.DataBundle`.
+        ctx: the run context (output folder, logger, checkpoints, device).
+        epochs: number of epochs of this phase.
+        scheduler: an epoch-level LR scheduler (stepped after each epoch) or None.
+        loss_fn: ``loss_fn(output, target)``; defaults to cross-entropy / MSE by ``data.task``.
+        step_fn: replaces the default optimisation step: ``step_fn(x, y) -> (loss, output)``, both detached;
+            methods with their own update (hypergradient tuners, local losses) pass one.
+        extra_state: more objects with ``state_dict``/``load_state_dict`` to checkpoint (e.g. an LR tuner).
+        phase: name of this phase; a checkpoint of another phase is not resumed here.
+        amp, amp_dtype, grad_clip, log_every_steps, checkpoint_every_min, checkpoint_every_steps,
+        limit_train_batches, limit_eval_batches, eval_every_epochs, resume: as in ``conf/trainer``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        data: Any,
+        ctx: RunContext,
+        *,
+        epochs: int,
+        scheduler: Any | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        step_fn: StepFn | None = None,
+        extra_state: Mapping[str, Stateful] | None = None,
+        phase: str = "train",
+        amp: bool = False,
+        amp_dtype: str = "float16",
+        grad_clip: float | None = None,
+        log_every_steps: int = 50,
+        checkpoint_every_min: float = 10.0,
+        checkpoint_every_steps: int | None = None,
+        limit_train_batches: int | None = None,
+        limit_eval_batches: int | None = None,
+        eval_every_epochs: int = 1,
+        resume: bool = True,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.data = data
+        self.ctx = ctx
+        self.device = ctx.device
+        self.epochs = epochs
+        self.scheduler = scheduler
+        self.task = data.task
+        self.loss_fn = loss_fn or default_loss(self.task)
+        self.step_fn = step_fn or self.default_step
+        self.extra_state = dict(extra_state or {})
+        self.phase = phase
+        self.amp = amp and self.device.type in ("cuda", "cpu")
+        self.amp_dtype = amp_dtype
+        self.grad_clip = grad_clip
+        self.log_every_steps = log_every_steps
+        self.checkpoint_every_s = checkpoint_every_min * 60.0
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.limit_train_batches = limit_train_batches
+        self.limit_eval_batches = limit_eval_batches
+        self.eval_every_epochs = eval_every_epochs
+        self.resume = resume
+        use_scaler = self.amp and self.device.type == "cuda" and amp_dtype == "float16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # NaN checks cost a host sync on CUDA: every step on CPU (free), at log points on CUDA
+        self.check_every = 1 if self.device.type == "cpu" else log_every_steps
+        # position
+        self.epoch = 0
+        self.batch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.elapsed = 0.0
+        self._reset_sums()
+        self._last_save = time.monotonic()
+        self._last_good: str | None = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, model: nn.Module, optimizer: Any, data: Any, ctx: RunContext, **kw: Any
+    ):
+        """A trainer with the ``cfg.trainer`` settings; keyword arguments override them."""
+        t = cfg.trainer
+        settings = dict(
+            epochs=t.epochs,
+            amp=t.amp,
+            amp_dtype=t.amp_dtype,
+            grad_clip=t.grad_clip,
+            log_every_steps=t.log_every_steps,
+            checkpoint_every_min=t.checkpoint_every_min,
+            checkpoint_every_steps=t.checkpoint_every_steps,
+            limit_train_batches=t.limit_train_batches,
+            limit_eval_batches=t.limit_eval_batches,
+            eval_every_epochs=t.eval_every_epochs,
+            resume=t.resume,
+        )
+        if "loss_fn" not in kw:
+            settings["loss_fn"] = default_loss(data.task, t.label_smoothing)
+        settings.update(kw)
+        return cls(model, optimizer, data, ctx, **settings)
+
+    # ---------------------------------------------------------------- steps
+    def default_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One plain optimisation step (zero grad, forward, backward, optional clipping, step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp, self.amp_dtype):
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), out.detach()
+
+    def _reset_sums(self) -> None:
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._seen = 0
+
+    def _batches_per_epoch(self) -> int:
+        n = len(self.data.train)
+        return n if self.limit_train_batches is None else min(n, self.limit_train_batches)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "global_step": self.global_step,
+            "elapsed_s": self.elapsed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "extra": {name: obj.state_dict() for name, obj in self.extra_state.items()},
+            "epoch_sums": {
+                "loss_sum": self._loss_sum.cpu(),
+                "correct": self._correct.cpu(),
+                "seen": self._seen,
+            },
+            "history": self.history,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        for name, obj in self.extra_state.items():
+            obj.load_state_dict(state["extra"][name])
+        self.epoch = int(state["epoch"])
+        self.batch = int(state["batch"])
+        self.global_step = int(state["global_step"])
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.history = list(state["history"])
+        sums = state["epoch_sums"]
+        self._loss_sum = sums["loss_sum"].to(self.device)
+        self._correct = sums["correct"].to(self.device)
+        self._seen = int(sums["seen"])
+        set_rng_state(state["rng"])
+
+    def save(self) -> None:
+        self._check_finite()
+        self.ctx.checkpoints.save(self.state_dict())
+        self._last_save = time.monotonic()
+        self._last_good = f"epoch {self.epoch}, batch {self.batch}, step {self.global_step}"
+
+    def _try_resume(self) -> bool:
+        if not self.resume:
+            return False
+        state = self.ctx.checkpoints.load()
+        if state is None or state.get("phase") != self.phase:
+            return False
+        self.load_state_dict(state)
+        self.ctx.logger.truncate_after(self.global_step)
+        self._last_good = f"epoch {self.epoch}, batch {self.batch}, step {self.global_step}"
+        log.info("Resumed %s from %s (%s)", self.phase, self.ctx.checkpoints.dir, self._last_good)
+        return True
+
+    def _check_finite(self) -> None:
+        if not bool(torch.isfinite(self._loss_sum)):
+            where = f"epoch {self.epoch + 1}, step {self.global_step}"
+            kept = (
+                f"The last good checkpoint ({self._last_good}) is kept in {self.ctx.checkpoints.dir}."
+                if self._last_good
+                else "No checkpoint had been written yet."
+            )
+            raise NonFiniteLossError(
+                f"Training loss became {self._loss_sum.item()} at {where}. {kept} "
+                "Try a smaller learning rate, trainer.grad_clip, or trainer.amp=false."
+            )
+
+    # ---------------------------------------------------------------- loops
+    def fit(self) -> dict[str, float]:
+        """Run (or finish) the phase and return the final metrics, test set included."""
+        self._try_resume()
+        self.model.train()
+        while self.epoch < self.epochs:
+            start = time.monotonic()
+            self._train_epoch()
+            self.elapsed += time.monotonic() - start
+            self._end_epoch()
+        return self.final_metrics()
+
+    def _train_epoch(self) -> None:
+        loader = self.data.train
+        n = self._batches_per_epoch()
+        bar = progress(
+            loader.epoch_iter(self.epoch, start_batch=self.batch),
+            enabled=self.ctx.progress,
+            total=n,
+            initial=self.batch,
+            desc=f"{self.phase} {self.epoch + 1}/{self.epochs}",
+        )
+        for x, y in bar:
+            if self.batch >= n:
+                break
+            loss, out = self.step_fn(x, y)
+            bs = y.shape[0]
+            self._loss_sum += loss.double() * bs
+            if out is not None and self.task == "classification":
+                self._correct += (out.argmax(dim=-1) == y).sum()
+            self._seen += bs
+            self.batch += 1
+            self.global_step += 1
+            if self.global_step % self.check_every == 0:
+                self._check_finite()
+            if self.global_step % self.log_every_steps == 0:
+                avg = self._loss_sum.item() / max(1, self._seen)
+                self.ctx.logger.log({"train/loss_running": avg, "lr": self.lr}, step=self.global_step)
+                bar.set_postfix(loss=f"{avg:.4f}")
+            if self.batch < n and self._save_due():
+                self.save()
+        bar.close()
+
+    def _save_due(self) -> bool:
+        if self.checkpoint_every_steps and self.global_step % self.checkpoint_every_steps == 0:
+            return True
+        return self.checkpoint_every_s > 0 and time.monotonic() - self._last_save >= self.checkpoint_every_s
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _end_epoch(self) -> None:
+        self._check_finite()
+        metrics: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.lr}
+        metrics["train_loss"] = self._loss_sum.item() / max(1, self._seen)
+        if self.task == "classification":
+            metrics["train_acc"] = self._correct.item() / max(1, self._seen)
+        last = self.epoch + 1 == self.epochs
+        if self.data.val is not None and ((self.epoch + 1) % self.eval_every_epochs == 0 or last):
+            metrics.update(self.evaluate(self.data.val, "val"))
+        metrics["time_s"] = self.elapsed
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.history.append(metrics)
+        self.ctx.logger.log(metrics, step=self.global_step)
+        log.info(
+            "%s epoch %d/%d  %s",
+            self.phase,
+            self.epoch + 1,
+            self.epochs,
+            "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch" and isinstance(v, float)),
+        )
+        self.epoch += 1
+        self.batch = 0
+        self._reset_sums()
+        self.save()
+
+    def evaluate(self, loader: Any, prefix: str) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            loader,
+            task=self.task,
+            prefix=prefix,
+            limit_batches=self.limit_eval_batches,
+            amp=self.amp,
+            amp_dtype=self.amp_dtype,
+            device=self.device,
+        )
+
+    def final_metrics(self) -> dict[str, float]:
+        """The last epoch's train/val metrics and the test metrics of the final weights."""
+        final: dict[str, float] = {}
+        if self.history:
+            last = self.history[-1]
+            final.update({k: v for k, v in last.items() if k.startswith(("train_", "val_"))})
+            vals = [h["val_acc"] for h in self.history if "val_acc" in h]
+            if vals:
+                final["best_val_acc"] = max(vals)
+        final.update(self.evaluate(self.data.test, "test"))
+        final["epochs"] = self.epoch
+        final["steps"] = self.global_step
+        final["train_time_s"] = self.elapsed
+        return final

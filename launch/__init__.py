@@ -1,0 +1,1 @@
+"""Entry point: ``python -m launch`` composes the Hydra config and runs one method."""

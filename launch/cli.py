@@ -1,0 +1,56 @@
+"""``python -m launch [overrides]``: compose ``conf/`` with Hydra and run one job (or a sweep with ``-m``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from common.config import CONF_DIR, ConfigError
+from launch.run import FAILED_FILE, RunLockedError, _write_json, run
+
+log = logging.getLogger("launch")
+
+# errors a user can fix: reported in one line, not as a traceback
+_USER_ERRORS: dict[type[BaseException], int] = {ConfigError: 2, RunLockedError: 4}
+
+
+def _user_errors() -> dict[type[BaseException], int]:
+    from common.data import DatasetNotFoundError
+    from common.engine import NonFiniteLossError
+
+    return {**_USER_ERRORS, DatasetNotFoundError: 2, NonFiniteLossError: 3}
+
+
+def task(cfg: DictConfig) -> float | None:
+    """The Hydra task: run one job and return ``cfg.objective`` for sweepers.
+
+    A user error ends a single run with a one-line message and a non-zero exit code; inside a sweep it marks
+    the job failed (``failed.json``) and the sweep goes on (the sweep summary reports it and exits non-zero).
+    """
+    try:
+        results = run(cfg)
+    except tuple(_user_errors()) as exc:
+        code = next(c for t, c in _user_errors().items() if isinstance(exc, t))
+        log.error("%s: %s", type(exc).__name__, exc)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            _write_json(
+                Path(cfg.paths.output_dir) / FAILED_FILE, {"error": type(exc).__name__, "message": str(exc)}
+            )
+            return None
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(code)
+    value = results.get(cfg.objective)
+    if value is None:
+        log.warning("objective %r is not among the results %s", cfg.objective, sorted(results))
+    return value
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return task(cfg)

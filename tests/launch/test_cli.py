@@ -1,0 +1,116 @@
+"""`python -m launch` in a subprocess, from another folder: a run, a 2-job sweep, bad input, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from common.checkpoint import load_verified
+from common.config import REPO_ROOT
+from tests.conftest import run_cli
+
+
+def test_cli_run_from_another_folder(tmp_path):
+    out = tmp_path / "job"
+    proc = run_cli("debug=fast", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Results: method=train network=mlp dataset=digits" in proc.stdout
+    assert "test_acc" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"test_acc", "test_loss", "val_acc", "train_loss"}
+    assert (out / ".hydra" / "config.yaml").exists() and (out / "run.log").exists()
+    assert not (tmp_path / "outputs").exists(), "nothing may be written into the current folder"
+
+
+def test_cli_multirun_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "debug=fast", "optimizer=sgd,adam", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "results.json").exists()
+    assert "optimizer" in proc.stdout and "sgd" in proc.stdout and "adam" in proc.stdout
+    assert (sweep / "summary.csv").exists() and (sweep / "summary.md").exists()
+
+
+def test_cli_unknown_network_lists_choices(tmp_path):
+    proc = run_cli("network=resnet9000", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'network/resnet9000'" in proc.stderr
+    assert "resnet18" in proc.stderr and "mlp" in proc.stderr
+
+
+def test_cli_wrong_type_is_one_line(tmp_path):
+    proc = run_cli("debug=fast", "trainer.epochs=abc", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and "trainer.epochs" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_dataset_says_where(tmp_path):
+    proc = run_cli(
+        "debug=fast", "dataset=cifar10", "network=resnet18", f"paths.data_dir={tmp_path / 'nodata'}",
+        f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert str(tmp_path / "nodata") in proc.stderr and "download" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _launch_background(args: list[str], cwd) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
+    args = [
+        "debug=fast",
+        "trainer.epochs=4",
+        "trainer.limit_train_batches=10",
+        "trainer.checkpoint_every_steps=2",
+        "network.dropout=0.2",
+    ]
+    ref = run_cli(*args, f"hydra.run.dir={tmp_path / 'ref'}", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    proc = _launch_background([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if ckpt.exists():
+            try:
+                if load_verified(ckpt)["global_step"] >= 14:
+                    break
+            except Exception:  # being replaced right now
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "results.json").exists(), "the run ended before it could be killed"
+
+    again = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    drop = ("time_s", "train_time_s")
+    r_ref = {
+        k: v for k, v in json.loads((tmp_path / "ref" / "results.json").read_text()).items() if k not in drop
+    }
+    r_new = {k: v for k, v in json.loads((run_dir / "results.json").read_text()).items() if k not in drop}
+    assert r_new == r_ref
+    w_ref = load_verified(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
+    w_new = load_verified(ckpt)["model"]
+    assert all(torch.equal(w_ref[k], w_new[k]) for k in w_ref)
