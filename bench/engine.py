@@ -82,7 +82,16 @@ def our_loop(model, data, epochs: int, lr: float) -> float:
             checkpoints=CheckpointManager(tmp), progress=False,
         )  # fmt: skip
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        trainer = Trainer(model, opt, data, ctx, epochs=epochs, checkpoint_every_min=10.0, resume=False)
+        trainer = Trainer(
+            model,
+            opt,
+            data,
+            ctx,
+            epochs=epochs,
+            checkpoint_every_min=10.0,
+            checkpoint_min_interval_s=2.0,
+            resume=False,
+        )
         start = time.perf_counter()
         trainer._try_resume()
         trainer.model.train()
@@ -99,8 +108,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--network", default="lenet5")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.05)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))

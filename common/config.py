@@ -88,6 +88,7 @@ def validate(cfg: DictConfig) -> None:
     _check_int(cfg, "trainer.checkpoint_every_steps", minimum=1, optional=True)
     _check_int(cfg, "trainer.threads", minimum=1, optional=True)
     _check_number(cfg, "trainer.checkpoint_every_min", minimum=0)
+    _check_number(cfg, "trainer.checkpoint_min_interval_s", minimum=0)
     _check_number(cfg, "trainer.grad_clip", minimum=0, optional=True)
     _check_number(cfg, "trainer.label_smoothing", minimum=0)
     for key in ("trainer.amp", "trainer.resume", "trainer.deterministic", "trainer.progress"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +33,14 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Stopped by SIGINT/SIGTERM between two steps, after writing a checkpoint of that exact point."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class Stateful(Protocol):
@@ -145,7 +155,7 @@ class Trainer:
         extra_state: more objects with ``state_dict``/``load_state_dict`` to checkpoint (e.g. an LR tuner).
         phase: name of this phase; a checkpoint of another phase is not resumed here.
         amp, amp_dtype, grad_clip, log_every_steps, checkpoint_every_min, checkpoint_every_steps,
-        limit_train_batches, limit_eval_batches, eval_every_epochs, resume: as in ``conf/trainer``.
+        checkpoint_min_interval_s, limit_train_batches, limit_eval_batches, eval_every_epochs, resume: as in ``conf/trainer``.
     """
 
     def __init__(
@@ -167,6 +177,7 @@ class Trainer:
         log_every_steps: int = 50,
         checkpoint_every_min: float = 10.0,
         checkpoint_every_steps: int | None = None,
+        checkpoint_min_interval_s: float = 0.0,
         limit_train_batches: int | None = None,
         limit_eval_batches: int | None = None,
         eval_every_epochs: int = 1,
@@ -190,6 +201,7 @@ class Trainer:
         self.log_every_steps = log_every_steps
         self.checkpoint_every_s = checkpoint_every_min * 60.0
         self.checkpoint_every_steps = checkpoint_every_steps
+        self.checkpoint_min_interval_s = checkpoint_min_interval_s
         self.limit_train_batches = limit_train_batches
         self.limit_eval_batches = limit_eval_batches
         self.eval_every_epochs = eval_every_epochs
@@ -206,7 +218,9 @@ class Trainer:
         self.elapsed = 0.0
         self._reset_sums()
         self._last_save = time.monotonic()
+        self._clock = time.monotonic()
         self._last_good: str | None = None
+        self._stop_signal: int | None = None
 
     @classmethod
     def from_config(
@@ -222,6 +236,7 @@ class Trainer:
             log_every_steps=t.log_every_steps,
             checkpoint_every_min=t.checkpoint_every_min,
             checkpoint_every_steps=t.checkpoint_every_steps,
+            checkpoint_min_interval_s=t.checkpoint_min_interval_s,
             limit_train_batches=t.limit_train_batches,
             limit_eval_batches=t.limit_eval_batches,
             eval_every_epochs=t.eval_every_epochs,
@@ -257,7 +272,14 @@ class Trainer:
         return n if self.limit_train_batches is None else min(n, self.limit_train_batches)
 
     # ---------------------------------------------------------------- checkpoints
+    def _tick(self) -> None:
+        # training wall time, carried across resumes
+        now = time.monotonic()
+        self.elapsed += now - self._clock
+        self._clock = now
+
     def state_dict(self) -> dict[str, Any]:
+        self._tick()
         return {
             "phase": self.phase,
             "epoch": self.epoch,
@@ -331,15 +353,56 @@ class Trainer:
 
     # ---------------------------------------------------------------- loops
     def fit(self) -> dict[str, float]:
-        """Run (or finish) the phase and return the final metrics, test set included."""
+        """Run (or finish) the phase and return the final metrics, test set included.
+
+        SIGINT (Ctrl-C) or SIGTERM stop the run after the current step with a checkpoint of that point
+        (a second Ctrl-C stops at once); running the same folder again continues from there.
+        """
         self._try_resume()
         self.model.train()
-        while self.epoch < self.epochs:
-            start = time.monotonic()
-            self._train_epoch()
-            self.elapsed += time.monotonic() - start
-            self._end_epoch()
+        with self._graceful_stop():
+            self._clock = time.monotonic()
+            while self.epoch < self.epochs:
+                self._train_epoch()
+                self._end_epoch()
         return self.final_metrics()
+
+    @contextlib.contextmanager
+    def _graceful_stop(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        # SIGTERM only when nobody else (e.g. submitit) has claimed it
+        signums = [signal.SIGINT]
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signums.append(signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in signums}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # asked twice: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            log.warning(
+                "%s received: stopping after this step with a checkpoint", signal.Signals(signum).name
+            )
+
+        for s in signums:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_if_asked(self) -> None:
+        if self._stop_signal is None:
+            return
+        self.save()
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(self._stop_signal).name} at {self._last_good}; the checkpoint is in "
+            f"{self.ctx.checkpoints.dir}: run the same command with the same output folder to continue",
+            self._stop_signal,
+        )
 
     def _train_epoch(self) -> None:
         loader = self.data.train
@@ -370,6 +433,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{avg:.4f}")
             if self.batch < n and self._save_due():
                 self.save()
+            self._stop_if_asked()
         bar.close()
 
     def _save_due(self) -> bool:
@@ -387,6 +451,7 @@ class Trainer:
         metrics["train_loss"] = self._loss_sum.item() / max(1, self._seen)
         if self.task == "classification":
             metrics["train_acc"] = self._correct.item() / max(1, self._seen)
+        self._tick()
         last = self.epoch + 1 == self.epochs
         if self.data.val is not None and ((self.epoch + 1) % self.eval_every_epochs == 0 or last):
             metrics.update(self.evaluate(self.data.val, "val"))
@@ -405,7 +470,10 @@ class Trainer:
         self.epoch += 1
         self.batch = 0
         self._reset_sums()
-        self.save()
+        # epochs of a fraction of a second would spend most of their time writing checkpoints
+        recent = time.monotonic() - self._last_save < self.checkpoint_min_interval_s
+        if self.epoch == self.epochs or not recent:
+            self.save()
 
     def evaluate(self, loader: Any, prefix: str) -> dict[str, float]:
         return evaluate(

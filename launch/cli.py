@@ -33,8 +33,13 @@ def task(cfg: DictConfig) -> float | None:
     A user error ends a single run with a one-line message and a non-zero exit code; inside a sweep it marks
     the job failed (``failed.json``) and the sweep goes on (the sweep summary reports it and exits non-zero).
     """
+    from common.engine import RunInterrupted
+
     try:
         results = run(cfg)
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr, flush=True)
+        sys.exit(128 + exc.signum)
     except tuple(_user_errors()) as exc:
         code = next(c for t, c in _user_errors().items() if isinstance(exc, t))
         log.error("%s: %s", type(exc).__name__, exc)

@@ -57,6 +57,9 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         row["status"] = job_status(job_dir)
         if row["status"] == "done":
             row.update(json.loads((job_dir / "results.json").read_text()))
+        elif row["status"] == "failed":
+            failure = json.loads((job_dir / "failed.json").read_text())
+            row["error"] = f"{failure['error']}: {failure['message']}"[:120]
         rows.append(row)
     return rows
 

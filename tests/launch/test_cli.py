@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from common.checkpoint import load_verified
@@ -74,7 +75,8 @@ def _launch_background(args: list[str], cwd) -> subprocess.Popen:
     )
 
 
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_or_interrupted_then_rerun_equals_uninterrupted(tmp_path, sig):
     args = [
         "debug=fast",
         "trainer.epochs=4",
@@ -99,9 +101,13 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
         if proc.poll() is not None:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
     assert not (run_dir / "results.json").exists(), "the run ended before it could be killed"
+    if sig == signal.SIGINT:  # a graceful stop: a checkpoint of the step where it stopped, exit 130
+        assert proc.returncode == 130, stderr.decode()[-2000:]
+        assert "stopped by SIGINT" in stderr.decode()
+        assert load_verified(ckpt)["global_step"] >= 14
 
     again = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -114,3 +120,13 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     w_ref = load_verified(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
     w_new = load_verified(ckpt)["model"]
     assert all(torch.equal(w_ref[k], w_new[k]) for k in w_ref)
+
+
+def test_cli_sweep_goes_on_past_a_failed_job_and_reports_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "debug=fast", "network=lstm,mlp", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert (sweep / "0" / "failed.json").exists() and (sweep / "1" / "results.json").exists()
+    assert "1 of 2 jobs did not finish" in proc.stderr + proc.stdout
+    table = (sweep / "summary.md").read_text()
+    assert "failed" in table and "ConfigError" in table and "done" in table
