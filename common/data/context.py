@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from common.data.loaders import BatchTransform, TensorLoader
+
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -56,3 +58,27 @@ class BuildContext:
     def split_seed(self) -> int:
         # Fixed by default, independent of the run seed, so held-out sets match across runs.
         return int(self.get("split_seed", 0))
+
+    def tensor_loader(
+        self, source: Any, train: bool, transform: BatchTransform | None = None
+    ) -> TensorLoader:
+        """The loader of one in-memory split: shuffled, augmented and ``drop_last`` only for the train split."""
+        return TensorLoader(
+            source,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            seed=self.seed,
+            shuffle=train,
+            transform=transform,
+            augment=train and self.augment,
+            drop_last=self.drop_last if train else False,
+        )
+
+    def tensor_loaders(
+        self, sources: dict[str, Any], transform: BatchTransform | None = None
+    ) -> tuple[TensorLoader, TensorLoader | None, TensorLoader]:
+        """(train, val or None, test) loaders of the in-memory splits in ``sources``."""
+        return (
+            self.tensor_loader(sources["train"], True, transform),
+            self.tensor_loader(sources["val"], False, transform) if "val" in sources else None,
+            self.tensor_loader(sources["test"], False, transform),
+        )

@@ -9,7 +9,7 @@ import torch
 
 from common.data.bundle import DataBundle
 from common.data.context import BuildContext
-from common.data.loaders import TensorLoader, TensorSource
+from common.data.loaders import TensorSource
 from common.data.splits import holdout_split
 from common.data.transforms import BatchImageTransform, channel_stats, resize_images
 
@@ -83,17 +83,6 @@ def image_bundle(
         device=ctx.device,
     )
 
-    def loader(split: str, train_split: bool) -> TensorLoader:
-        return TensorLoader(
-            sources[split],
-            batch_size=ctx.batch_size if train_split else ctx.eval_batch_size,
-            seed=ctx.seed,
-            shuffle=train_split,
-            transform=transform,
-            augment=train_split and ctx.augment,
-            drop_last=ctx.drop_last if train_split else False,
-        )
-
     sizes = {split: len(source) for split, source in sources.items()}
     log.info(
         "%s: %s samples, %dx%dx%d, mean %s std %s",
@@ -105,10 +94,11 @@ def image_bundle(
         mean,
         std,
     )
+    train, val, test = ctx.tensor_loaders(sources, transform)
     return DataBundle(
-        train=loader("train", True),
-        val=loader("val", False) if "val" in sources else None,
-        test=loader("test", False),
+        train=train,
+        val=val,
+        test=test,
         num_classes=int(num_classes),
         in_channels=channels,
         image_size=size,

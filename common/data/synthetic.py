@@ -8,7 +8,7 @@ import torch
 
 from common.data.bundle import DataBundle
 from common.data.context import BuildContext
-from common.data.loaders import TensorLoader, TensorSource
+from common.data.loaders import TensorSource
 from common.data.seeds import derive_seed
 from common.data.transforms import resize_images
 
@@ -74,20 +74,12 @@ def build_synthetic(ctx: BuildContext) -> DataBundle:
             x = resize_images(x, int(ctx.image_size))
         sources[split] = TensorSource(x.to(ctx.device), y.to(ctx.device))
 
-    def loader(split: str, train_split: bool) -> TensorLoader:
-        return TensorLoader(
-            sources[split],
-            batch_size=ctx.batch_size if train_split else ctx.eval_batch_size,
-            seed=ctx.seed,
-            shuffle=train_split,
-            drop_last=ctx.drop_last if train_split else False,
-        )
-
     x_train = sources["train"].x
+    train, val, test = ctx.tensor_loaders(sources)
     return DataBundle(
-        train=loader("train", True),
-        val=loader("val", False) if "val" in sources else None,
-        test=loader("test", False),
+        train=train,
+        val=val,
+        test=test,
         num_classes=num_classes,
         in_channels=shape[0] if kind == "image" else shape[1],
         image_size=int(x_train.shape[-1]) if kind == "image" else None,

@@ -11,7 +11,7 @@ import torch
 
 from common.data.bundle import DataBundle, DatasetNotFoundError
 from common.data.context import BuildContext
-from common.data.loaders import TensorLoader, WindowSource
+from common.data.loaders import WindowSource
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +109,13 @@ def build_household_power(ctx: BuildContext) -> DataBundle:
             )
         sources[split] = source
 
-    def loader(split: str, train_split: bool) -> TensorLoader:
-        return TensorLoader(
-            sources[split],
-            batch_size=ctx.batch_size if train_split else ctx.eval_batch_size,
-            seed=ctx.seed,
-            shuffle=train_split,
-            drop_last=ctx.drop_last if train_split else False,
-        )
-
     sizes = {split: len(source) for split, source in sources.items()}
     log.info("household_power: %d steps, windows %s", n, sizes)
+    train, val, test = ctx.tensor_loaders(sources)
     return DataBundle(
-        train=loader("train", True),
-        val=loader("val", False) if "val" in sources else None,
-        test=loader("test", False),
+        train=train,
+        val=val,
+        test=test,
         num_classes=horizon,
         in_channels=len(features),
         image_size=None,
