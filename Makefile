@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow bench lint format clean
+.PHONY: run test test-slow test-slurm bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# starts (installing if needed) a one-node SLURM on localhost, then runs the tests marked slurm
+test-slurm: $(STAMP)
+	scripts/slurm-local.sh start
+	$(PY) -m pytest -q -m slurm
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

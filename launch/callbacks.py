@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,19 @@ from omegaconf import DictConfig
 from launch.collect import collect, write_summary
 
 log = logging.getLogger("launch")
+
+
+class LauncherCheck(Callback):
+    """Fail before submitting anything when ``launcher=slurm`` is used where SLURM is not installed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+            raise SystemExit(
+                "error: launcher=slurm needs SLURM's sbatch, which is not on this machine's PATH. "
+                "Run the same sweep as local processes with launcher=submitit_local (or -m for one process), "
+                "or start the one-node test cluster: scripts/slurm-local.sh start"
+            )
 
 
 class SweepSummary(Callback):

@@ -70,7 +70,7 @@ def aggregate_over_seeds(
     """Mean ± std of the metrics over seeds, one row per setting of the other overrides."""
     if not any("seed" in r for r in rows):
         return []
-    override_keys = [k for k in rows[0] if k not in ("job", "status", "seed") and isinstance(rows[0][k], str)]
+    override_keys = [k for k in rows[0] if k not in ("job", "status", "seed", "error") and _varies(rows, k)]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(k) for k in override_keys)].append(r)
@@ -95,9 +95,11 @@ def write_summary(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> str:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    shown = [
-        c for c in columns if c in ("job", "status") or c in KEY_METRICS or isinstance(rows[0].get(c), str)
-    ]
+    # the table shows the overrides that vary between jobs (the CSV keeps them all), the status, key metrics
+    varying = [c for c in columns if c not in ("job", "status", "error") and _varies(rows, c)]
+    shown = ["job", *varying, "status", *(c for c in KEY_METRICS if c in columns)]
+    if "error" in columns:
+        shown.append("error")
     text = format_table(rows, shown)
     seeds = aggregate_over_seeds(rows)
     if seeds:
@@ -107,6 +109,12 @@ def write_summary(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> str:
         md += "| " + " | ".join(_md(r.get(c)) for c in shown) + " |\n"
     (sweep_dir / "summary.md").write_text(md)
     return text
+
+
+def _varies(rows: list[dict[str, Any]], key: str) -> bool:
+    """A string column (an override) whose value is not the same in every row."""
+    values = [r.get(key) for r in rows]
+    return all(isinstance(v, str | None) for v in values) and len(set(values)) > 1
 
 
 def _md(value: Any) -> str:

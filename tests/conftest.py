@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,3 +59,25 @@ def run_cli(
         timeout=timeout,
         env=full_env,
     )
+
+
+class Crash(BaseException):
+    """Stands for a kill: a BaseException, so that nothing on the way catches it."""
+
+
+def crash_on_call(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, at: int, exc: type[BaseException] = Crash
+) -> Callable[[], None]:
+    """Make ``owner.name`` raise ``exc`` on its ``at``-th call; returns a function that restores the original."""
+    real = getattr(owner, name)
+    calls = 0
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == at:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return lambda: monkeypatch.setattr(owner, name, real)

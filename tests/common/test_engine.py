@@ -12,6 +12,7 @@ from common.checkpoint import load_verified
 from common.engine import NonFiniteLossError
 from common.metrics import count_flops, count_parameters, topk_correct
 from launch.run import run
+from tests.conftest import Crash, crash_on_call
 
 TIME_KEYS = ("time_s", "train_time_s")
 
@@ -71,10 +72,6 @@ def test_same_seed_same_result_other_seed_other_result(cfg_factory, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-class _Crash(BaseException):
-    """Stands for a kill: BaseException so that nothing on the way catches it."""
-
-
 @pytest.mark.parametrize("crash_at", [5, 9, 12])
 def test_resume_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch, crash_at):
     overrides = (
@@ -86,20 +83,11 @@ def test_resume_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch, crash_a
     )
     reference = run(cfg_factory(*overrides, name="ref"))
 
-    real_step = engine.Trainer.default_step
-    calls = {"n": 0}
-
-    def crashing_step(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise _Crash
-        return real_step(self, x, y)
-
-    monkeypatch.setattr(engine.Trainer, "default_step", crashing_step)
-    with pytest.raises(_Crash):
+    restore = crash_on_call(monkeypatch, engine.Trainer, "default_step", at=crash_at)
+    with pytest.raises(Crash):
         run(cfg_factory(*overrides, name="resumed"))
     assert not (tmp_path / "resumed" / "results.json").exists()
-    monkeypatch.setattr(engine.Trainer, "default_step", real_step)
+    restore()
     resumed = run(cfg_factory(*overrides, name="resumed"))
 
     assert _comparable(resumed) == _comparable(reference)

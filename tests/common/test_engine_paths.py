@@ -11,6 +11,7 @@ import torch
 import common.engine as engine
 from launch.run import run
 from tests.common.test_data import write_power
+from tests.conftest import crash_on_call
 
 
 def test_lstm_regression_on_household_power(cfg_factory, tmp_path):
@@ -65,23 +66,14 @@ def test_wandb_offline_keeps_one_run_across_resume(cfg_factory, tmp_path, monkey
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     overrides = ("logger=wandb", "logger.mode=offline", "trainer.epochs=2", "trainer.limit_train_batches=2")
-    real_step = engine.Trainer.default_step
-    calls = {"n": 0}
-
-    def crash_in_second_epoch(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, x, y)
-
-    monkeypatch.setattr(engine.Trainer, "default_step", crash_in_second_epoch)
+    restore = crash_on_call(monkeypatch, engine.Trainer, "default_step", at=3, exc=KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         run(cfg_factory(*overrides))
     out = tmp_path / "run"
     run_id = (out / "wandb_run_id").read_text().strip()
     runs_before = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
     assert runs_before and all(name.endswith(run_id) for name in runs_before)
-    monkeypatch.setattr(engine.Trainer, "default_step", real_step)
+    restore()
     run(cfg_factory(*overrides))
     assert (out / "wandb_run_id").read_text().strip() == run_id
     runs_after = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))

@@ -1,0 +1,502 @@
+"""MARTHE and RTHO: the learning rate tuned online by forward-mode hypergradients (Donini et al., IJCAI 2020).
+
+Notation (README of the original; brief §1.1): s_t is the optimizer state (weights and momentum/Adam buffers),
+s_{t+1} = Φ_t(s_t, η_t), A_t = ∂Φ_t/∂s_t, B_t = ∂Φ_t/∂η_t. MARTHE keeps one tangent
+
+    Z_{t+1} = μ A_t Z_t + B_t,   Z_0 = 0,
+
+and steps η_{t+1} = max(0, η_t − β ⟨∇E(w_{t+1}), Z^w_{t+1}⟩), with E the validation loss. μ = 0 is HD on the
+validation loss, μ = 1 is RTHO (Franceschi et al., 2017). Unrolled, Z_{t+1} = Σ_s μ^{t−s} A_t···A_{s+1} B_s: the
+derivative of s_{t+1} along per-step LR perturbations μ^{t−s}, which is what the tests check by finite differences.
+
+``mode="default"`` uses the exact Jacobian of the wrapped torch optimizer's update (momentum, dampening, Nesterov,
+coupled L2, Adam's moments and bias corrections, AdamW's decoupled decay) at the LR actually used at each step,
+keeps η, β, μ in float64, projects η onto η ≥ 0 and skips non-finite hypergradients. ``mode="paper"`` reproduces
+the original ``MuSGD`` (stale η0 in A, float32 η, ±100 gradient clipping used by the step too, first step skipped
+with momentum, weight decay/dampening/Nesterov ignored in the tangent, the adatune β and μ rules); it refuses Adam,
+whose original tangent is wrong (brief B3).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["MARTHE", "RTHO", "StepInfo"]
+
+log = logging.getLogger(__name__)
+
+_BETA_RULES = ("hd", "adatune")
+_MU_RULES = ("tf", "adatune")
+
+
+@dataclass
+class StepInfo:
+    """What one :meth:`MARTHE.step` did.
+
+    Attributes:
+        lr: the learning rate this step used (η_t).
+        hypergradient: ⟨∇E(w_{t+1}), Z^w_{t+1}⟩ (0.0 when skipped).
+        mu: μ after the step.
+        hyper_lr: β after the step.
+        next_lr: η_{t+1}, the learning rate of the next step.
+        skipped: True when the hypergradient was not finite and the hyper-update was skipped.
+    """
+
+    lr: float
+    hypergradient: float
+    mu: float
+    hyper_lr: float
+    next_lr: float
+    skipped: bool = False
+
+
+def _dot(a: list[Tensor], b: list[Tensor | None]) -> Tensor:
+    terms = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b) if y is not None]
+    if not terms:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(terms).sum().double()
+
+
+class MARTHE:
+    """Wraps a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` and tunes its (single) learning rate online.
+
+    Usage::
+
+        tuner = MARTHE(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), hyper_lr=1e-3, mu=0.9)
+        info = tuner.step(loss, lambda: val_loss_fn(model))   # replaces backward() + optimizer.step()
+
+    Args:
+        optimizer: the wrapped optimizer; every param group must start with the same ``lr`` (η_0).
+        hyper_lr: β_0, the hyper learning rate.
+        mu: the discount μ ∈ [0, 1]; ``"auto"`` or a negative number for the adaptive μ.
+        alpha: the hyper-hyper learning rate of the β rule (0 keeps β fixed).
+        beta_rule: ``"hd"`` (β ← max(β + α·hg_t·hg_{t−1}, 0), as Marthe-TF) or ``"adatune"``
+            (β ← max(β + α·hg·η_{t+1}, 0), as the original PyTorch code).
+        mu_rule: ``"tf"`` (z = hg_t/⟨∇E, B_t⟩, c ← (c+1)μ) or ``"adatune"`` (z = η_{t+1}/⟨∇E, g_t⟩,
+            c ← c·sign(μ) + μ); in both μ ← clip(z, 0, 1)^{1/(c+1)}.
+        mu_init: the first μ of the adaptive rule (default mode; paper mode starts from the negative ``mu``).
+        clip_lr: project η onto η ≥ 0 (default mode).
+        grad_clipping: elementwise clip value. Default mode: None (off); when set, only the hyper quantities
+            (HVP, validation gradient) are clipped and :attr:`clip_count` counts how often it fired. Paper mode:
+            100 unless given, applied in place to the training gradient (which the step then uses), HVP and
+            validation gradient, as the original.
+        first_order: drop the A_t Z_t term (Z ← B_t), i.e. μ = 0 in the tangent.
+        mode: ``"default"`` or ``"paper"``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        hyper_lr: float = 1e-8,
+        mu: float | str = 0.99,
+        alpha: float = 0.0,
+        *,
+        beta_rule: str = "hd",
+        mu_rule: str = "tf",
+        mu_init: float = 0.0,
+        clip_lr: bool = True,
+        grad_clipping: float | None = None,
+        first_order: bool = False,
+        mode: str = "default",
+    ):
+        if mode not in ("default", "paper"):
+            raise ValueError(f"mode must be 'default' or 'paper', got {mode!r}")
+        if hyper_lr < 0:
+            raise ValueError(f"hyper_lr must be >= 0, got {hyper_lr}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if beta_rule not in _BETA_RULES:
+            raise ValueError(f"beta_rule must be one of {_BETA_RULES}, got {beta_rule!r}")
+        if mu_rule not in _MU_RULES:
+            raise ValueError(f"mu_rule must be one of {_MU_RULES}, got {mu_rule!r}")
+        self.optimizer = optimizer
+        self.mode = mode
+        self.kind = self._kind(optimizer)
+        if mode == "paper":
+            if self.kind != "sgd":
+                raise ValueError(
+                    "mode='paper' supports torch.optim.SGD only: the original MuAdam's tangent is not the "
+                    "derivative of Adam's update (missing +Z_w carry-over, (1−η0·c) coefficient, √(v+ε) "
+                    "denominator; brief B3). Use mode='default' for Adam/AdamW."
+                )
+            beta_rule, mu_rule = "adatune", "adatune"
+            if grad_clipping is None:
+                grad_clipping = 100.0
+        lrs = {float(g["lr"]) for g in optimizer.param_groups}
+        if len(lrs) != 1:
+            raise ValueError(
+                f"optimizer: MARTHE tunes one learning rate; the param groups have lr {sorted(lrs)}"
+            )
+        self.params: list[Tensor] = [p for g in optimizer.param_groups for p in g["params"]]
+        self._group_of = [g for g in optimizer.param_groups for _ in g["params"]]
+        self.eta0 = lrs.pop()
+        if mu == "auto":
+            self.adaptive_mu, mu_value = True, (mu_init if mode == "default" else -1.0)
+        else:
+            mu_value = float(mu)
+            self.adaptive_mu = mu_value < 0
+            if self.adaptive_mu and mode == "default":
+                mu_value = mu_init
+            elif mu_value > 1:
+                raise ValueError(f"mu must be in [0, 1], 'auto' or negative (adaptive), got {mu}")
+        self.eta = self._round(self.eta0)
+        self.beta = float(hyper_lr)
+        self.mu = float(mu_value)
+        self.alpha = float(alpha)
+        self.c = 0.0
+        self.prev_hg = 0.0
+        self.beta_rule, self.mu_rule = beta_rule, mu_rule
+        self.clip_lr = clip_lr and mode == "default"
+        self.grad_clipping = grad_clipping
+        self.first_order = first_order
+        self.t = 0
+        self.skipped = 0
+        self.clip_count = 0
+        n = len(self.params)
+        # the tangent, per parameter: Z^w, and Z^buf (SGD momentum) or Z^m, Z^v (Adam); None means 0
+        self.z: dict[str, list[Tensor | None]] = {k: [None] * n for k in ("w", "buf", "m", "v")}
+        # B^w_t of the last step, for the TF μ rule's one-step hypergradient ⟨∇E(w_{t+1}), B_t⟩
+        self._b: list[Tensor | None] = [None] * n
+        for p in self.params:
+            if not p.requires_grad:
+                raise ValueError("optimizer: every parameter must require grad")
+
+    # ------------------------------------------------------------------ torch.optim-like surface
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's param groups (schedulers and loggers see the live LR)."""
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        """The wrapped optimizer's per-parameter state."""
+        return self.optimizer.state
+
+    @property
+    def hyper_lr(self) -> float:
+        """β, the current hyper learning rate."""
+        return self.beta
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of the wrapped optimizer."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _kind(optimizer: torch.optim.Optimizer) -> str:
+        if isinstance(optimizer, torch.optim.SGD):
+            for g in optimizer.param_groups:
+                if g.get("maximize"):
+                    raise ValueError("optimizer: maximize=True is not supported")
+            return "sgd"
+        if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+            for g in optimizer.param_groups:
+                if g.get("amsgrad") or g.get("maximize"):
+                    raise ValueError("optimizer: amsgrad and maximize are not supported by the Adam tangent")
+            return "adam"
+        raise ValueError(
+            f"optimizer: MARTHE wraps torch.optim.SGD, Adam or AdamW, got {type(optimizer).__name__}"
+        )
+
+    def _decoupled(self, group: dict) -> bool:
+        return bool(group.get("decoupled_weight_decay", isinstance(self.optimizer, torch.optim.AdamW)))
+
+    def _round(self, value: float) -> float:
+        # the original keeps η in a float32 tensor (brief B8); default mode keeps a float64 Python float
+        return float(torch.tensor(value, dtype=torch.float32)) if self.mode == "paper" else float(value)
+
+    def _clip(self, tensors: list[Tensor]) -> list[Tensor]:
+        c = self.grad_clipping
+        if c is None:
+            return tensors
+        if self.mode == "default":
+            self.clip_count += int(sum(bool((t.abs() > c).any()) for t in tensors))
+        return [t.clamp(-c, c) for t in tensors]
+
+    @property
+    def _mu_tangent(self) -> float:
+        return 0.0 if self.first_order else self.mu
+
+    # ------------------------------------------------------------------ the step
+    def step(self, loss: Tensor, val_loss: Callable[[], Tensor]) -> StepInfo:
+        """One training step of the wrapped optimizer and one hypergradient step on η.
+
+        Args:
+            loss: the training loss at the current weights w_t, with its graph attached (not yet backpropagated).
+            val_loss: a zero-argument callable returning the validation loss E at the updated weights w_{t+1}.
+
+        Returns:
+            A :class:`StepInfo` (the LR used, the hypergradient, μ and β after the step).
+        """
+        params = self.params
+        paper = self.mode == "paper"
+        eta_used = self.eta
+        momentum_paper = paper and any(g["momentum"] != 0 for g in self.param_groups)
+        has_z = any(z is not None for z in self.z["w"])
+        # the HVP H_t Z_t is needed only when it is not multiplied by 0 (brief B12); the original computes it anyway
+        need_hvp = has_z and not self.first_order and (paper or self.mu != 0)
+        grads = torch.autograd.grad(
+            loss, params, create_graph=need_hvp, allow_unused=True, materialize_grads=True
+        )
+        if paper and self.grad_clipping is not None:
+            grads = tuple(g.clamp(-self.grad_clipping, self.grad_clipping) for g in grads)
+        hvp: list[Tensor] | None = None
+        if need_hvp:
+            zw = [z if z is not None else torch.zeros_like(p) for z, p in zip(self.z["w"], params)]
+            hvp = list(
+                torch.autograd.grad(grads, params, grad_outputs=zw, allow_unused=True, materialize_grads=True)
+            )
+            hvp = self._clip(hvp)
+        g = [x.detach() for x in grads]
+        del grads
+
+        # what the tangent needs from before the step: w_t (L2 terms) and, in paper mode, the momentum buffer
+        pre: list[dict[str, Any]] = [{"w": p.detach().clone(), "g": gi} for p, gi in zip(params, g)]
+        self._b = [None] * len(params)
+        for i, p in enumerate(params):
+            p.grad = g[i].clone()
+            if paper:
+                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                pre[i]["buf"] = None if buf is None else buf.clone()
+            else:
+                pre[i]["buf_existed"] = self.optimizer.state.get(p, {}).get("momentum_buffer") is not None
+        for group in self.param_groups:
+            group["lr"] = eta_used
+        self.optimizer.step()
+
+        if paper:
+            self._tangent_paper(pre, hvp, momentum_paper)
+        elif self.kind == "sgd":
+            self._tangent_sgd(pre, hvp, eta_used)
+        else:
+            self._tangent_adam(pre, hvp, eta_used)
+        self.t += 1
+        return self._hyper_step(val_loss, pre, eta_used)
+
+    # Z^w_{t+1} = μ A_t Z_t + B_t for torch SGD: g' = g + λw, buf = m·buf + (1−d)g' (buf = g' at first),
+    # dir = g' + m·buf (Nesterov) or buf, w ← w − η·dir. Hence (with h = H Z^w + λZ^w = H' Z^w):
+    # (AZ)^buf = m Z^buf + (1−d) h (h at the first step), (AZ)^w = Z^w − η (AZ)^dir, B^w = −dir.
+    def _tangent_sgd(self, pre: list[dict[str, Any]], hvp: list[Tensor] | None, eta: float) -> None:
+        mu = self._mu_tangent
+        for i, p in enumerate(self.params):
+            group = self._group_of[i]
+            m, d, wd, nest = group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"]
+            gp = pre[i]["g"] + wd * pre[i]["w"] if wd else pre[i]["g"]
+            if m == 0:
+                direction = gp
+            else:
+                buf = self.optimizer.state[p]["momentum_buffer"]
+                direction = gp + m * buf if nest else buf
+            b_w = -direction
+            self._b[i] = b_w
+            zw = self.z["w"][i]
+            if hvp is None or mu == 0 or zw is None:
+                self.z["w"][i] = b_w.clone()
+                self.z["buf"][i] = None
+                continue
+            h = hvp[i] + wd * zw if wd else hvp[i]
+            if m == 0:
+                self.z["w"][i] = mu * (zw - eta * h) + b_w
+                continue
+            zb = self.z["buf"][i]
+            if not pre[i]["buf_existed"]:
+                az_buf = h
+            else:
+                az_buf = (1 - d) * h if zb is None else m * zb + (1 - d) * h
+            az_dir = h + m * az_buf if nest else az_buf
+            self.z["w"][i] = mu * (zw - eta * az_dir) + b_w
+            self.z["buf"][i] = mu * az_buf
+
+    # torch Adam at step k: g' = g + λw (coupled), m = β1 m + (1−β1) g', v = β2 v + (1−β2) g'²,
+    # w ← w − η m̂/D with m̂ = m/(1−β1^k), D = √(v/(1−β2^k)) + ε (AdamW: w ← w(1−ηλ) − η m̂/D). With h = H' Z^w:
+    # (AZ)^m = β1 Z^m + (1−β1) h, (AZ)^v = β2 Z^v + 2(1−β2) g'⊙h,
+    # (AZ)^w = Z^w − η[(AZ)^m/((1−β1^k) D) − m̂⊙(AZ)^v/(2√v̂ (1−β2^k) D²)] (− ηλ Z^w for AdamW),
+    # B^w = −m̂/D (− λ w for AdamW); the moments have no B block (brief §1.2).
+    def _tangent_adam(self, pre: list[dict[str, Any]], hvp: list[Tensor] | None, eta: float) -> None:
+        mu = self._mu_tangent
+        for i, p in enumerate(self.params):
+            group = self._group_of[i]
+            beta1, beta2 = group["betas"]
+            eps, wd = group["eps"], group["weight_decay"]
+            decoupled = self._decoupled(group)
+            state = self.optimizer.state[p]
+            k = float(state["step"])
+            bc1, bc2 = 1 - beta1**k, 1 - beta2**k
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m_hat = m / bc1
+            sv = v.sqrt() / math.sqrt(bc2)
+            den = sv + eps
+            b_w = -m_hat / den
+            if decoupled and wd:
+                b_w = b_w - wd * pre[i]["w"]
+            self._b[i] = b_w
+            zw = self.z["w"][i]
+            if hvp is None or mu == 0 or zw is None:
+                self.z["w"][i] = b_w
+                self.z["m"][i] = self.z["v"][i] = None
+                continue
+            coupled_wd = wd if (wd and not decoupled) else 0.0
+            gp = pre[i]["g"] + coupled_wd * pre[i]["w"] if coupled_wd else pre[i]["g"]
+            h = hvp[i] + coupled_wd * zw if coupled_wd else hvp[i]
+            zm, zv = self.z["m"][i], self.z["v"][i]
+            az_m = (1 - beta1) * h if zm is None else beta1 * zm + (1 - beta1) * h
+            az_v = 2 * (1 - beta2) * gp * h
+            if zv is not None:
+                az_v = az_v + beta2 * zv
+            # √v̂ = 0 only where every gradient so far was 0; there the v-term vanishes with its tangent
+            safe_sv = torch.where(sv > 0, sv, torch.ones_like(sv))
+            dv_term = torch.where(
+                sv > 0, m_hat * az_v / (2 * safe_sv * bc2 * den * den), torch.zeros_like(sv)
+            )
+            d_update = az_m / (bc1 * den) - dv_term
+            az_w = zw - eta * d_update
+            if decoupled and wd:
+                az_w = az_w - eta * wd * zw
+            self.z["w"][i] = mu * az_w + b_w
+            self.z["m"][i] = mu * az_m
+            self.z["v"][i] = mu * az_v
+
+    # the original MuSGD (brief §1.2): η0 in A, weight decay/dampening/Nesterov ignored, first step skipped with
+    # momentum (the buffer does not exist yet), the HVP computed even at μ = 0
+    def _tangent_paper(self, pre: list[dict[str, Any]], hvp: list[Tensor] | None, momentum: bool) -> None:
+        mu, eta0 = self.mu, self.eta0
+        first_order = self.first_order
+        for i, _p in enumerate(self.params):
+            group = self._group_of[i]
+            m = group["momentum"]
+            g = pre[i]["g"]
+            zw = self.z["w"][i]
+            if not momentum:
+                if zw is None or first_order or hvp is None:
+                    self.z["w"][i] = -g
+                else:
+                    self.z["w"][i] = mu * (zw - eta0 * hvp[i]) - g
+                continue
+            buf = pre[i]["buf"]
+            if buf is None:
+                continue  # iteration 1: no momentum buffer yet, the original leaves Z at 0 (brief B11)
+            direction = m * buf + g
+            if zw is None or first_order or hvp is None:
+                self.z["w"][i] = -direction
+                self.z["buf"][i] = torch.zeros_like(g)
+                continue
+            zb = self.z["buf"][i]
+            self.z["w"][i] = mu * (zw - eta0 * hvp[i] - eta0 * m * zb) - direction
+            self.z["buf"][i] = mu * (hvp[i] + m * zb)
+
+    # ------------------------------------------------------------------ η, β, μ (brief §1.4)
+    def _hyper_step(
+        self, val_loss: Callable[[], Tensor], pre: list[dict[str, Any]], eta_used: float
+    ) -> StepInfo:
+        params = self.params
+        with torch.enable_grad():
+            e = val_loss()
+            gv = list(torch.autograd.grad(e, params, allow_unused=True, materialize_grads=True))
+        gv = self._clip(gv)
+        dots = [_dot(gv, self.z["w"])]
+        if self.adaptive_mu:
+            if self.mu_rule == "tf":
+                # ⟨∇E(w_{t+1}), B_t⟩: the one-step (HD) hypergradient, from the current tangent when μ = 0
+                dots.append(_dot(gv, self._b))
+            else:
+                dots.append(_dot(gv, [x["g"] for x in pre]))
+        values = torch.stack(dots).tolist()  # the one host sync of the step
+        hg = values[0]
+        if self.mode == "default" and not all(math.isfinite(x) for x in values):
+            self.skipped += 1
+            warnings.warn(
+                f"MARTHE: non-finite hypergradient at step {self.t}; hyper-update skipped, tangent reset",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            for key in self.z:
+                self.z[key] = [None] * len(params)
+            return StepInfo(eta_used, 0.0, self.mu, self.beta, self.eta, skipped=True)
+        if self.mode == "paper":
+            eta32 = torch.tensor(self.eta, dtype=torch.float32)
+            eta32.add_(torch.tensor(hg, dtype=torch.float32), alpha=-self.beta)
+            new_eta = float(eta32)
+        else:
+            new_eta = self.eta - self.beta * hg
+            if self.clip_lr:
+                new_eta = max(0.0, new_eta)
+        if self.beta_rule == "adatune":
+            self.beta = max(self.beta + self.alpha * hg * new_eta, 0.0)
+        else:
+            self.beta = max(self.beta + self.alpha * hg * self.prev_hg, 0.0)
+        self.prev_hg = hg
+        if self.adaptive_mu:
+            self._mu_step(hg, new_eta, values[1])
+        self.eta = new_eta
+        for group in self.param_groups:
+            group["lr"] = new_eta
+        return StepInfo(eta_used, hg, self.mu, self.beta, new_eta)
+
+    def _mu_step(self, hg: float, new_eta: float, den: float) -> None:
+        if self.mu_rule == "tf":
+            q = hg / den if den != 0 else 0.0
+            self.c = (self.c + 1.0) * self.mu
+        else:
+            if self.mode == "paper":
+                q = new_eta / den  # ZeroDivisionError on an exact 0, as the original
+            else:
+                q = new_eta / den if den != 0 else 0.0
+            self.c = self.c * (math.copysign(1.0, self.mu) if self.mu != 0 else 0.0) + self.mu
+        z = min(max(q, 0.0), 1.0)
+        if self.c + 1.0 == 0.0:
+            self.mu = 1.0 if z == 1.0 else 0.0  # exponent 1/0 = ∞ (μ_init = −1 in the original)
+        else:
+            self.mu = z ** (1.0 / (self.c + 1.0))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state and the tuner's (tangent, η, β, μ, c, counters)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "tuner": {
+                "eta": self.eta,
+                "beta": self.beta,
+                "mu": self.mu,
+                "c": self.c,
+                "prev_hg": self.prev_hg,
+                "t": self.t,
+                "skipped": self.skipped,
+                "clip_count": self.clip_count,
+            },
+            "tangent": {k: [None if z is None else z.detach().clone() for z in v] for k, v in self.z.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (the wrapped optimizer included)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        tuner = state["tuner"]
+        self.eta, self.beta, self.mu = float(tuner["eta"]), float(tuner["beta"]), float(tuner["mu"])
+        self.c, self.prev_hg = float(tuner["c"]), float(tuner["prev_hg"])
+        self.t, self.skipped, self.clip_count = (
+            int(tuner["t"]),
+            int(tuner["skipped"]),
+            int(tuner["clip_count"]),
+        )
+        for k, zs in state["tangent"].items():
+            self.z[k] = [
+                None if z is None else z.to(device=p.device, dtype=p.dtype) for z, p in zip(zs, self.params)
+            ]
+        for group in self.param_groups:
+            group["lr"] = self.eta
+
+
+class RTHO(MARTHE):
+    """MARTHE with μ = 1: real-time hyperparameter optimisation (Franceschi et al., ICML 2017)."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, hyper_lr: float = 1e-8, alpha: float = 0.0, **kwargs: Any
+    ):
+        super().__init__(optimizer, hyper_lr=hyper_lr, mu=1.0, alpha=alpha, **kwargs)

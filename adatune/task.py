@@ -1,0 +1,196 @@
+"""Method ``adatune``: train with the learning rate tuned online (``method.algorithm=hd|hd_val|rtho|marthe``).
+
+* ``hd``: :class:`~adatune.hd.SGDHD`/:class:`~adatune.hd.AdamHD` built from ``cfg.optimizer`` (training-loss HD).
+* ``hd_val``, ``rtho``, ``marthe``: :class:`~adatune.marthe.MARTHE` around ``cfg.optimizer`` with μ = 0, 1 and
+  ``method.mu``. The validation loss of each hypergradient comes from the validation split carved from the
+  training set (never the test set), one batch per step, drawn from a seeded permutation indexed by the global
+  step, so a resumed run sees the same batches as an uninterrupted one.
+
+The LR (and μ, β, the hypergradient) are logged to ``metrics.jsonl`` every ``method.log_every`` steps under
+``adatune/*`` and written to ``lr_schedule.csv`` at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from adatune.hd import SGDHD, AdamHD
+from adatune.marthe import MARTHE
+from common.data.seeds import epoch_permutation
+from common.engine import RunContext, Trainer, default_loss
+from common.factory import build_optimizer, make_data, make_model
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("hd", "hd_val", "rtho", "marthe")
+# a stream of its own for the validation batches, apart from the training order
+_VAL_SEED_OFFSET = 7919
+
+
+def hd_optimizer(base: torch.optim.Optimizer, hypergrad_lr: float, mode: str) -> torch.optim.Optimizer:
+    """The HD optimizer with the hyperparameters of ``base`` (an SGD or Adam built from the config)."""
+    d = base.defaults
+    params = [p for g in base.param_groups for p in g["params"]]
+    if isinstance(base, torch.optim.SGD):
+        return SGDHD(
+            params,
+            lr=d["lr"],
+            momentum=d["momentum"],
+            dampening=d["dampening"],
+            weight_decay=d["weight_decay"],
+            nesterov=d["nesterov"],
+            hypergrad_lr=hypergrad_lr,
+            mode=mode,
+        )
+    if type(base) is torch.optim.Adam and not d.get("decoupled_weight_decay", False):
+        return AdamHD(
+            params,
+            lr=d["lr"],
+            betas=tuple(d["betas"]),
+            eps=d["eps"],
+            weight_decay=d["weight_decay"],
+            hypergrad_lr=hypergrad_lr,
+            mode=mode,
+        )
+    raise ValueError(f"method.algorithm=hd needs optimizer=sgd*/adam, got {type(base).__name__}")
+
+
+class ValidationStream:
+    """Validation batch number ``step`` as a pure function of ``step`` (resumable, shuffled when possible).
+
+    In-memory loaders are read through their source with a seeded permutation per pass; other loaders are
+    cycled in their fixed order.
+    """
+
+    def __init__(self, loader: Any, batch_size: int, seed: int):
+        self.loader = loader
+        self.seed = seed + _VAL_SEED_OFFSET
+        source = getattr(loader, "source", None)
+        self.direct = source is not None and hasattr(source, "fetch")
+        self.n = loader.num_samples if self.direct else len(loader)
+        self.batch_size = min(batch_size, self.n) if self.direct else None
+        self.per_pass = self.n // self.batch_size if self.direct else self.n
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b = divmod(step, self.per_pass)
+        if not self.direct:
+            return next(iter(self.loader.epoch_iter(0, b)))
+        order = epoch_permutation(self.n, self.seed, epoch)
+        idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.loader.device)
+        x, y = self.loader.source.fetch(idx)
+        if self.loader.transform is not None:
+            x = self.loader.transform(x, None)
+        return x, y
+
+
+def _val_closure(
+    model: nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor], bn_eval: bool
+) -> Callable[[], torch.Tensor]:
+    def val_loss() -> torch.Tensor:
+        x, y = batch
+        if not bn_eval:  # the original: train mode, BatchNorm uses and updates batch statistics (brief B7)
+            return loss_fn(model(x), y)
+        model.eval()
+        try:
+            return loss_fn(model(x), y)
+        finally:
+            model.train()
+
+    return val_loss
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    """Train with HD/RTHO/MARTHE; return the final metrics and the final LR (``final_lr``)."""
+    m = cfg.method
+    if m.algorithm not in ALGORITHMS:
+        raise ValueError(f"method.algorithm must be one of {ALGORITHMS}, got {m.algorithm!r}")
+    data = make_data(cfg, ctx.device)
+    if data.val is None and m.algorithm != "hd":
+        raise ValueError(
+            f"method.algorithm={m.algorithm} needs a validation split of the training set; dataset={cfg.dataset.name} "
+            "has none (set its val_fraction/val_size > 0)"
+        )
+    model = make_model(cfg, data, ctx.device)
+    base = build_optimizer(cfg.optimizer, model.parameters())
+    loss_fn = default_loss(data.task, cfg.trainer.label_smoothing)
+    tuner: MARTHE | None = None
+    if m.algorithm == "hd":
+        optimizer: Any = hd_optimizer(base, m.hyper_lr, m.mode)
+    else:
+        mu = {"hd_val": 0.0, "rtho": 1.0}.get(m.algorithm, m.mu)
+        tuner = MARTHE(
+            base,
+            hyper_lr=m.hyper_lr,
+            mu=mu,
+            alpha=m.alpha,
+            beta_rule=m.beta_rule,
+            mu_rule=m.mu_rule,
+            mu_init=m.mu_init,
+            clip_lr=m.clip_lr,
+            grad_clipping=m.grad_clipping,
+            first_order=m.first_order,
+            mode=m.mode,
+        )
+        optimizer = tuner
+    val_stream = (
+        ValidationStream(data.val, m.val_batch_size or cfg.dataset.batch_size, cfg.seed) if tuner else None
+    )
+    trainer: Trainer | None = None
+
+    def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        step = trainer.global_step
+        out = model(x)
+        loss = loss_fn(out, y)
+        if tuner is not None:
+            info = tuner.step(loss, _val_closure(model, loss_fn, val_stream(step), m.val_bn_eval))
+            record = {
+                "adatune/lr": info.lr,
+                "adatune/hypergradient": info.hypergradient,
+                "adatune/mu": info.mu,
+                "adatune/hyper_lr": info.hyper_lr,
+            }
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            record = {"adatune/lr": float(optimizer.param_groups[0]["lr"])}
+        if step % m.log_every == 0:
+            ctx.logger.log(record, step=step + 1)
+        return loss.detach(), out.detach()
+
+    if cfg.scheduler and "_target_" in cfg.scheduler:
+        log.warning("method=adatune tunes the LR itself: scheduler=%s is ignored", cfg.scheduler._target_)
+    trainer = Trainer.from_config(cfg, model, optimizer, data, ctx, step_fn=step_fn, phase="adatune")
+    results = trainer.fit()
+    results["final_lr"] = float(optimizer.param_groups[0]["lr"])
+    if tuner is not None:
+        results["final_mu"] = tuner.mu
+        results["final_hyper_lr"] = tuner.beta
+        results["hyper_skipped"] = float(tuner.skipped)
+    _write_schedule(ctx)
+    return results
+
+
+def _write_schedule(ctx: RunContext) -> None:
+    """``lr_schedule.csv`` (step, lr, mu, hyper_lr, hypergradient) from the run's ``metrics.jsonl``."""
+    path = ctx.output_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    keys = ("lr", "mu", "hyper_lr", "hypergradient")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "adatune/lr" in rec:
+            rows.append([rec["step"], *(rec.get(f"adatune/{k}", "") for k in keys)])
+    with open(ctx.output_dir / "lr_schedule.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", *keys])
+        writer.writerows(rows)

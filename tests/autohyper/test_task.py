@@ -1,0 +1,74 @@
+"""``method=autohyper`` end to end under ``debug=fast``: files, phases, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autohyper import task
+from launch.run import run
+
+FAST = ("method=autohyper", "network=lenet5", "method.max_trials=3", "method.trial_epochs=2")
+
+
+def test_autohyper_finishes_and_writes_its_files(cfg_factory):
+    cfg = cfg_factory(*FAST)
+    results = run(cfg)
+    out = cfg.paths.output_dir
+    for key in ("test_acc", "test_loss", "val_acc", "train_loss", "autohyper_lr", "autohyper_trials"):
+        assert key in results
+    search = json.loads(open(f"{out}/search/result.json").read())
+    assert search["num_trials"] == 3 and search["lr"] == results["autohyper_lr"]
+    assert results["autohyper_trial_epochs"] == 6
+    rows = open(f"{out}/search/trials.csv").read().splitlines()
+    assert rows[0] == "lr,z,branch,evaluated,cached" and len(rows) >= 4
+    assert open(f"{out}/search/response.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert len(open(f"{out}/search/trials.jsonl").read().splitlines()) == 3
+
+
+class Stop(Exception):
+    pass
+
+
+def test_search_resumes_mid_search_and_train_phase_alone(cfg_factory, monkeypatch):
+    reference = run(cfg_factory(*FAST, name="reference"))
+    cfg = cfg_factory(*FAST, name="resumed")
+    real_train = task.TrialAgent._train
+    trained: list[int] = []
+
+    def train_then_stop(self, k, lr):
+        if k == 2 and not trained.count(-1):
+            trained.append(-1)
+            raise Stop
+        trained.append(k)
+        return real_train(self, k, lr)
+
+    monkeypatch.setattr(task.TrialAgent, "_train", train_then_stop)
+    with pytest.raises(Stop):
+        run(cfg)
+    assert trained == [0, 1, -1]
+    resumed = run(cfg)
+    # the finished trials were replayed from search/trials.jsonl, not trained again
+    assert trained == [0, 1, -1, 2]
+    for key in ("autohyper_lr", "test_acc", "test_loss", "train_loss"):
+        assert resumed[key] == reference[key]
+    # a finished search is never rerun: without results.json the run goes straight to the train phase
+    (Path(cfg.paths.output_dir) / "results.json").unlink()
+    monkeypatch.setattr(task.TrialAgent, "__call__", lambda self, lr: pytest.fail("search rerun"))
+    again = run(cfg)
+    assert again["autohyper_lr"] == reference["autohyper_lr"]
+    assert again["test_acc"] == reference["test_acc"]
+
+
+def test_a_network_without_conv_layers_is_refused(cfg_factory):
+    with pytest.raises(ValueError, match="conv layers"):
+        run(cfg_factory("method=autohyper", "network=mlp"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["paper", "improved"])
+def test_modes_compose_and_run(cfg_factory, mode):
+    results = run(cfg_factory(*FAST, f"method.mode={mode}", "optimizer=adam", name=mode))
+    assert results["autohyper_trials"] == 3

@@ -1,0 +1,102 @@
+"""``optimizer=ecco`` with method=train and ``method=ecco_robustness`` under debug=fast: finish, resume, draws."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import common.engine as engine
+import ecco.task as task
+from common.checkpoint import load_verified
+from ecco.search import OPTIMIZERS, draw, summarize
+from launch.run import run
+from tests.conftest import Crash, crash_on_call
+
+
+def _weights(path):
+    return load_verified(path / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("mode", ["improved", "paper"])
+def test_optimizer_ecco_with_method_train_resumes_exactly(cfg_factory, tmp_path, monkeypatch, mode):
+    overrides = (
+        "optimizer=ecco",
+        f"optimizer.mode={mode}",
+        "trainer.epochs=2",
+        "trainer.checkpoint_every_steps=2",
+    )
+    reference = run(cfg_factory(*overrides, name="ref"))
+    assert 0.0 <= reference["test_acc"] <= 1.0
+    restore = crash_on_call(monkeypatch, engine.Trainer, "default_step", at=5)
+    with pytest.raises(Crash):
+        run(cfg_factory(*overrides, name="resumed"))
+    restore()
+    resumed = run(cfg_factory(*overrides, name="resumed"))
+    assert resumed["test_acc"] == reference["test_acc"]
+    w_ref, w_res = _weights(tmp_path / "ref"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(w_ref[k], w_res[k]) for k in w_ref)
+
+
+def test_optimizer_ecco_auto_limiting_with_method_train_says_what_to_do(cfg_factory):
+    with pytest.raises(ValueError, match="needs the model"):
+        run(cfg_factory("optimizer=ecco", "optimizer.limit_activations=auto"))
+
+
+def test_robustness_study_finishes_and_does_not_rerun_finished_draws(cfg_factory, tmp_path, monkeypatch):
+    overrides = (
+        "method=ecco_robustness",
+        "method.trials=2",
+        "method.optimizers=[ecco,sgd_momentum]",
+        "method.ecco.limit_activations=auto",
+    )
+    real = task.run_trial
+    crash_on_call(monkeypatch, task, "run_trial", at=3)
+    with pytest.raises(Crash):
+        run(cfg_factory(*overrides))
+    out = tmp_path / "run"
+    assert sorted(p.name for p in (out / "trials").iterdir() if (p / "result.json").exists()) == [
+        "ecco-000",
+        "ecco-001",
+    ]
+    ran = []
+    monkeypatch.setattr(task, "run_trial", lambda *a, **k: ran.append(a[3:5]) or real(*a, **k))
+    results = run(cfg_factory(*overrides))
+    assert ran == [("sgd_momentum", 0), ("sgd_momentum", 1)]
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [(r["optimizer"], int(r["trial"])) for r in rows] == [
+        ("ecco", 0),
+        ("ecco", 1),
+        ("sgd_momentum", 0),
+        ("sgd_momentum", 1),
+    ]
+    first = json.loads((out / "trials" / "ecco-000" / "result.json").read_text())
+    assert first["eta"] == draw("ecco", 0)["eta"] and 0.0 <= float(rows[0]["test_acc"]) <= 1.0
+    assert (out / "summary.csv").exists()
+    assert {"ecco_test_acc_median", "sgd_momentum_test_acc_frac_near_best", "test_acc"} <= set(results)
+
+
+@pytest.mark.parametrize("ranges", ["paper", "loguniform"])
+def test_draws_are_reproducible_and_in_range(ranges):
+    for name in OPTIMIZERS:
+        a, b = draw(name, 3, seed=1, ranges=ranges), draw(name, 3, seed=1, ranges=ranges)
+        assert a == b and a != draw(name, 4, seed=1, ranges=ranges)
+    etas = [draw("ecco", k, ranges=ranges)["eta"] for k in range(200)]
+    assert all(0 < e <= 100 for e in etas)
+    if ranges == "paper":
+        assert sum(e >= 1 for e in etas) > 180  # U(0,100): about 99 % of draws have η ≥ 1 (brief §1.4)
+    else:
+        assert min(etas) < 1e-3 and max(etas) > 10
+    adam = draw("adam", 0, ranges=ranges)
+    assert 0 < adam["lr"] <= 1 and len(adam["betas"]) == 2
+
+
+def test_summarize_hand_computed():
+    rows = [{"optimizer": "a", "acc": v} for v in (0.90, 0.95, 0.96, 0.97)]
+    rows += [{"optimizer": "b", "acc": v} for v in (0.10, float("nan"), 0.965)]
+    by = {r["optimizer"]: r for r in summarize(rows, "acc")}
+    assert by["a"]["median"] == pytest.approx(0.955) and by["a"]["q1"] == pytest.approx(0.9375)
+    assert by["a"]["frac_near_best"] == pytest.approx(0.5)  # 0.96, 0.97 within 1 point of 0.97
+    assert by["b"]["diverged"] == 1 and by["b"]["frac_near_best"] == pytest.approx(1 / 3)
