@@ -7,7 +7,7 @@
   step, so a resumed run sees the same batches as an uninterrupted one.
 
 The LR (and μ, β, the hypergradient) are logged to ``metrics.jsonl`` every ``method.log_every`` steps under
-``adatune/*`` and written to ``lr_schedule.csv`` at the end.
+``adatune/*`` and written to ``lr_schedule.csv`` (and plotted in ``lr_schedule.png``) at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,3 +195,26 @@ def _write_schedule(ctx: RunContext) -> None:
         writer = csv.writer(fh)
         writer.writerow(["step", *keys])
         writer.writerows(rows)
+    _plot_schedule(ctx.output_dir / "lr_schedule.png", rows)
+
+
+def _plot_schedule(path: Path, rows: list[list[Any]]) -> None:
+    """The learning rate (and mu, when it is tuned) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    steps = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [float(r[1]) for r in rows], label="learning rate")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    mus = [float(r[2]) for r in rows if r[2] != ""]
+    if len(mus) == len(rows) and len(set(mus)) > 1:
+        twin = ax.twinx()
+        twin.plot(steps, mus, color="tab:orange", label="mu")
+        twin.set_ylabel("mu")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -22,9 +22,18 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def build_optimizer(cfg_optimizer: DictConfig | Mapping[str, Any], params: Iterable) -> torch.optim.Optimizer:
-    """Instantiate a ``_partial_: true`` optimizer config on ``params``."""
+def build_optimizer(
+    cfg_optimizer: DictConfig | Mapping[str, Any], params: Iterable | torch.nn.Module
+) -> torch.optim.Optimizer:
+    """Instantiate a ``_partial_: true`` optimizer config on ``params`` (parameters, groups, or the model).
+
+    Given the model, a factory marked ``takes_model = True`` (e.g. ``ecco.build``, which hooks layers for
+    activation limiting) receives the model itself; every other optimizer receives ``model.parameters()``.
+    """
     factory = instantiate(cfg_optimizer)
+    if isinstance(params, torch.nn.Module):
+        target = getattr(factory, "func", factory)
+        return factory(params if getattr(target, "takes_model", False) else params.parameters())
     return factory(params)
 
 

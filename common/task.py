@@ -13,7 +13,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """Train ``cfg.network`` on ``cfg.dataset`` with ``cfg.optimizer``/``cfg.scheduler``; return final metrics."""
     data = make_data(cfg, ctx.device)
     model = make_model(cfg, data, ctx.device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(cfg.scheduler, optimizer)
     trainer = Trainer.from_config(cfg, model, optimizer, data, ctx, scheduler=scheduler)
     results = trainer.fit()

@@ -450,3 +450,8 @@ def build(
     else:
         spec = limit_activations
     return ECCO(params, eta=eta, alpha_0=alpha_0, limit_activations=spec, **kwargs)
+
+
+# common.optim.build_optimizer hands this factory the model itself (not its parameters), so that
+# limit_activations="auto" can find and hook the layers that feed a ReLU
+build.takes_model = True  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ For each optimizer in ``method.optimizers`` and each of ``method.trials`` draws 
 training run of ``cfg.network`` on ``cfg.dataset`` in ``<output_dir>/trials/<optimizer>-<k>/`` (its own
 checkpoint and ``metrics.jsonl``; ``result.json`` marks it finished and it is never rerun). ``trials.csv`` holds
 every draw and its final metrics; ``summary.csv`` the distribution per optimizer; ``robustness.png`` a
-box/strip plot when matplotlib is installed.
+box/strip plot.
 """
 
 from __future__ import annotations
@@ -116,23 +116,18 @@ def run_trial(
     return row
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], metric: str, names: list[str]) -> bool:
-    try:
-        import matplotlib
+def _plot(path: Path, rows: list[dict[str, Any]], metric: str, names: list[str]) -> None:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info(
-            "matplotlib is not installed: %s not drawn (trials.csv and summary.csv hold the data)", path.name
-        )
-        return False
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     groups = [
         [float(r[metric]) for r in rows if r["optimizer"] == n and math.isfinite(float(r[metric]))]
         for n in names
     ]
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
-    ax.boxplot(groups, labels=names, showfliers=False)
+    ax.boxplot(groups, tick_labels=names, showfliers=False)
     for i, g in enumerate(groups, start=1):
         ax.scatter([i] * len(g), g, s=10, alpha=0.6)
     ax.set_ylabel(metric)
@@ -140,7 +135,6 @@ def _plot(path: Path, rows: list[dict[str, Any]], metric: str, names: list[str])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:

@@ -40,6 +40,7 @@ def test_algorithms_finish(cfg_factory, tmp_path, overrides):
     assert [s for s, _, _ in lrs] == [1, 2, 3]
     assert results["final_lr"] >= 0
     assert (tmp_path / "run" / "lr_schedule.csv").read_text().startswith("step,lr")
+    assert (tmp_path / "run" / "lr_schedule.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("crash_at", [5, pytest.param(7, marks=pytest.mark.slow)])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import common.engine as engine
+import ecco.optimizer as ecco_optimizer
 import ecco.task as task
 from common.checkpoint import load_verified
 from ecco.search import OPTIMIZERS, draw, summarize
@@ -40,9 +41,19 @@ def test_optimizer_ecco_with_method_train_resumes_exactly(cfg_factory, tmp_path,
     assert all(torch.equal(w_ref[k], w_res[k]) for k in w_ref)
 
 
-def test_optimizer_ecco_auto_limiting_with_method_train_says_what_to_do(cfg_factory):
-    with pytest.raises(ValueError, match="needs the model"):
-        run(cfg_factory("optimizer=ecco", "optimizer.limit_activations=auto"))
+def test_optimizer_ecco_auto_limiting_works_with_method_train(cfg_factory, monkeypatch):
+    built = []
+    real_init = ecco_optimizer.ECCO.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(ecco_optimizer.ECCO, "__init__", spy)
+    results = run(cfg_factory("optimizer=ecco", "optimizer.limit_activations=auto"))
+    assert results["train_loss"] == results["train_loss"]  # finite, not NaN
+    (opt,) = built
+    assert len(opt.limited_layers) == 2  # the MLP's two hidden Linear layers feed a ReLU
 
 
 def test_robustness_study_finishes_and_does_not_rerun_finished_draws(cfg_factory, tmp_path, monkeypatch):
@@ -57,6 +68,7 @@ def test_robustness_study_finishes_and_does_not_rerun_finished_draws(cfg_factory
     with pytest.raises(Crash):
         run(cfg_factory(*overrides))
     out = tmp_path / "run"
+    assert not (out / "robustness.png").exists()
     assert sorted(p.name for p in (out / "trials").iterdir() if (p / "result.json").exists()) == [
         "ecco-000",
         "ecco-001",
@@ -75,6 +87,7 @@ def test_robustness_study_finishes_and_does_not_rerun_finished_draws(cfg_factory
     first = json.loads((out / "trials" / "ecco-000" / "result.json").read_text())
     assert first["eta"] == draw("ecco", 0)["eta"] and 0.0 <= float(rows[0]["test_acc"]) <= 1.0
     assert (out / "summary.csv").exists()
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"ecco_test_acc_median", "sgd_momentum_test_acc_frac_near_best", "test_acc"} <= set(results)
 
 
