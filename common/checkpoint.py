@@ -12,6 +12,7 @@ silently overwritten) and the previous good one is used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -134,6 +135,7 @@ class CheckpointManager:
                 return load_verified(candidate)
             except CorruptCheckpointError as exc:
                 aside = candidate.with_name(f"{candidate.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-                os.replace(candidate, aside)
+                with contextlib.suppress(FileNotFoundError):  # another rank of the job moved it first
+                    os.replace(candidate, aside)
                 log.error("%s; moved it to %s and falling back to the previous checkpoint", exc, aside.name)
         return None

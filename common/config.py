@@ -91,7 +91,13 @@ def validate(cfg: DictConfig) -> None:
     _check_number(cfg, "trainer.checkpoint_min_interval_s", minimum=0)
     _check_number(cfg, "trainer.grad_clip", minimum=0, optional=True)
     _check_number(cfg, "trainer.label_smoothing", minimum=0)
-    for key in ("trainer.amp", "trainer.resume", "trainer.deterministic", "trainer.progress"):
+    for key in (
+        "trainer.amp",
+        "trainer.resume",
+        "trainer.deterministic",
+        "trainer.progress",
+        "trainer.distributed",
+    ):
         _check_bool(cfg, key)
     if _get(cfg, "trainer.amp_dtype") not in ("float16", "bfloat16"):
         raise ConfigError(f"trainer.amp_dtype must be float16 or bfloat16, got {cfg.trainer.amp_dtype!r}")

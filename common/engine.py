@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from common.checkpoint import CheckpointManager
+from common.distributed import DistContext
 from common.logging import RunLogger, progress
 from common.metrics import topk_correct
 from common.seeding import rng_state, set_rng_state
@@ -59,6 +60,7 @@ class RunContext:
     logger: RunLogger
     checkpoints: CheckpointManager
     progress: bool = True
+    dist: DistContext = field(default_factory=DistContext)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,6 +186,19 @@ class Trainer:
         resume: bool = True,
     ):
         self.model = model
+        self.dist = ctx.dist
+        if self.dist.enabled and step_fn is not None:
+            raise ValueError(
+                "trainer.distributed=true works with the default training step, not a method's own step"
+            )
+        # DDP averages the gradients of the ranks' slices of each batch; evaluation uses the bare model
+        self.net: nn.Module = (
+            nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
+            if self.dist.enabled
+            else model
+        )
         self.optimizer = optimizer
         self.data = data
         self.ctx = ctx
@@ -208,8 +223,9 @@ class Trainer:
         self.resume = resume
         use_scaler = self.amp and self.device.type == "cuda" and amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        # NaN checks cost a host sync on CUDA: every step on CPU (free), at log points on CUDA
-        self.check_every = 1 if self.device.type == "cpu" else log_every_steps
+        # NaN checks cost a host sync on CUDA: every step on CPU (free), at log points on CUDA; with several
+        # processes it is a collective, so all ranks check at the same (log) steps
+        self.check_every = 1 if self.device.type == "cpu" and not self.dist.enabled else log_every_steps
         # position
         self.epoch = 0
         self.batch = 0
@@ -252,7 +268,7 @@ class Trainer:
         """One plain optimisation step (zero grad, forward, backward, optional clipping, step)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp, self.amp_dtype):
-            out = self.model(x)
+            out = self.net(x)
             loss = self.loss_fn(out, y)
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
@@ -261,6 +277,20 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), out.detach()
+
+    def _global_sums(self) -> dict[str, Any]:
+        """The epoch's running sums over all ranks (a collective when distributed)."""
+        if not self.dist.enabled:
+            return {"loss_sum": self._loss_sum.cpu(), "correct": self._correct.cpu(), "seen": self._seen}
+        packed = torch.stack(
+            [
+                self._loss_sum,
+                self._correct.double(),
+                torch.tensor(float(self._seen), device=self.device, dtype=torch.float64),
+            ]
+        )
+        total = self.dist.all_reduce_sum(packed).cpu()
+        return {"loss_sum": total[0], "correct": total[1].long(), "seen": int(total[2].item())}
 
     def _reset_sums(self) -> None:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -318,11 +348,15 @@ class Trainer:
         self._loss_sum = sums["loss_sum"].to(self.device)
         self._correct = sums["correct"].to(self.device)
         self._seen = int(sums["seen"])
+        if not self.dist.is_main:  # the checkpoint holds the sums over all ranks: rank 0 carries them on
+            self._reset_sums()
         set_rng_state(state["rng"])
 
     def save(self) -> None:
         self._check_finite()
-        self.ctx.checkpoints.save(self.state_dict())
+        state = self.state_dict()
+        if self.dist.is_main:
+            self.ctx.checkpoints.save(state)
         self._last_save = time.monotonic()
         self._last_good = f"epoch {self.epoch}, batch {self.batch}, step {self.global_step}"
 
@@ -339,7 +373,7 @@ class Trainer:
         return True
 
     def _check_finite(self) -> None:
-        if not bool(torch.isfinite(self._loss_sum)):
+        if self.dist.any(not bool(torch.isfinite(self._loss_sum)), self.device):
             where = f"epoch {self.epoch + 1}, step {self.global_step}"
             kept = (
                 f"The last good checkpoint ({self._last_good}) is kept in {self.ctx.checkpoints.dir}."
@@ -369,7 +403,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def _graceful_stop(self):
-        if threading.current_thread() is not threading.main_thread():
+        # ranks would stop at different steps; SLURM preemption of a distributed job goes through the requeue
+        if threading.current_thread() is not threading.main_thread() or self.dist.enabled:
             yield
             return
         # SIGTERM only when nobody else (e.g. submitit) has claimed it
@@ -417,6 +452,7 @@ class Trainer:
         for x, y in bar:
             if self.batch >= n:
                 break
+            x, y = self.dist.shard(x), self.dist.shard(y)
             loss, out = self.step_fn(x, y)
             bs = y.shape[0]
             self._loss_sum += loss.double() * bs
@@ -439,7 +475,13 @@ class Trainer:
     def _save_due(self) -> bool:
         if self.checkpoint_every_steps and self.global_step % self.checkpoint_every_steps == 0:
             return True
-        return self.checkpoint_every_s > 0 and time.monotonic() - self._last_save >= self.checkpoint_every_s
+        if self.checkpoint_every_s <= 0:
+            return False
+        due = time.monotonic() - self._last_save >= self.checkpoint_every_s
+        if not self.dist.enabled:
+            return due
+        # every rank must take part in a save: rank 0's clock decides, at log steps only
+        return self.global_step % self.log_every_steps == 0 and self.dist.broadcast_flag(due, self.device)
 
     @property
     def lr(self) -> float:
@@ -448,9 +490,10 @@ class Trainer:
     def _end_epoch(self) -> None:
         self._check_finite()
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.lr}
-        metrics["train_loss"] = self._loss_sum.item() / max(1, self._seen)
+        sums = self._global_sums()
+        metrics["train_loss"] = sums["loss_sum"].item() / max(1, sums["seen"])
         if self.task == "classification":
-            metrics["train_acc"] = self._correct.item() / max(1, self._seen)
+            metrics["train_acc"] = sums["correct"].item() / max(1, sums["seen"])
         self._tick()
         last = self.epoch + 1 == self.epochs
         if self.data.val is not None and ((self.epoch + 1) % self.eval_every_epochs == 0 or last):
@@ -472,6 +515,8 @@ class Trainer:
         self._reset_sums()
         # epochs of a fraction of a second would spend most of their time writing checkpoints
         recent = time.monotonic() - self._last_save < self.checkpoint_min_interval_s
+        if self.dist.enabled:
+            recent = self.dist.broadcast_flag(recent, self.device)
         if self.epoch == self.epochs or not recent:
             self.save()
 

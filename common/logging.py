@@ -45,12 +45,16 @@ class RunLogger:
         logger_cfg: Mapping[str, Any] | None = None,
         run_config: Mapping[str, Any] | None = None,
         run_name: str | None = None,
+        enabled: bool = True,
     ):
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.output_dir / "metrics.jsonl"
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()
         self.wandb_run = None
+        self.enabled = enabled  # False on the other ranks of a distributed run: only rank 0 writes
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()
         cfg = dict(logger_cfg or {})
         if cfg.get("backend", "none") == "wandb":
             self._init_wandb(cfg, dict(run_config or {}), run_name)
@@ -85,6 +89,8 @@ class RunLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop the lines logged after ``step`` (called on resume: those steps are about to be redone)."""
+        if not self.enabled:
+            return
         self._fh.close()
         kept = []
         if self.path.exists():
@@ -101,6 +107,8 @@ class RunLogger:
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Record ``metrics`` at global step ``step``."""
+        if not self.enabled:
+            return
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
@@ -113,6 +121,8 @@ class RunLogger:
                 self.wandb_run.summary[k] = _jsonable(v)
 
     def finish(self, exit_code: int = 0) -> None:
+        if not self.enabled:
+            return
         if not self._fh.closed:
             self._fh.close()
         if self.wandb_run is not None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import CheckpointManager
 from common.config import REPO_ROOT, ConfigError, validate
+from common.distributed import init_distributed, shutdown
 from common.engine import RunContext
 from common.logging import RunLogger, format_table
 from common.optim import resolve_device
@@ -121,45 +122,64 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(output_dir):
-        done = output_dir / RESULTS_FILE
-        if done.exists() and cfg.trainer.resume:
-            results = json.loads(done.read_text())
-            log.info("%s already holds results.json: the job is finished, nothing to do", output_dir)
-            print(results_table(results, cfg, output_dir), flush=True)
-            return results
-        (output_dir / FAILED_FILE).unlink(missing_ok=True)
-        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        _write_json(output_dir / "meta.json", run_meta(cfg))
-        if cfg.trainer.threads:
-            torch.set_num_threads(cfg.trainer.threads)
-        seed_everything(cfg.seed, deterministic=cfg.trainer.deterministic)
-        device = resolve_device(cfg.trainer.device)
-        logger = RunLogger(
-            output_dir,
-            cfg.logger,
-            run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
-            run_name=f"{cfg.method.name}-{cfg.network.name}-{cfg.dataset.name}-s{cfg.seed}",
-        )
-        ctx = RunContext(
-            cfg=cfg,
-            output_dir=output_dir,
-            device=device,
-            logger=logger,
-            checkpoints=CheckpointManager(output_dir),
-            progress=cfg.trainer.progress,
-        )
-        try:
-            method_run = get_method(cfg.method.run)
-        except Exception as exc:
-            raise ConfigError(f"method.run: cannot import {cfg.method.run!r} ({exc})") from None
-        exit_code = 1
-        try:
-            results = dict(method_run(cfg, ctx))
-            logger.summary(results)
-            exit_code = 0
-        finally:
-            logger.finish(exit_code)
-        _write_json(done, results)
-    print(results_table(results, cfg, output_dir), flush=True)
+    dist_ctx, dist_device = init_distributed(cfg.trainer.distributed, cfg.trainer.device)
+    main = dist_ctx.is_main  # only rank 0 writes into the folder
+    try:
+        with run_lock(output_dir) if main else nullcontext():
+            done = output_dir / RESULTS_FILE
+            if done.exists() and cfg.trainer.resume:
+                results = json.loads(done.read_text())
+                log.info("%s already holds results.json: the job is finished, nothing to do", output_dir)
+                if main:
+                    print(results_table(results, cfg, output_dir), flush=True)
+                return results
+            if main:
+                (output_dir / FAILED_FILE).unlink(missing_ok=True)
+                (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                _write_json(output_dir / "meta.json", run_meta(cfg))
+            results = _run_method(
+                cfg, output_dir, dist_ctx, dist_device or resolve_device(cfg.trainer.device)
+            )
+            if main:
+                _write_json(done, results)
+        dist_ctx.barrier()
+    finally:
+        shutdown()
+    if main:
+        print(results_table(results, cfg, output_dir), flush=True)
+    return results
+
+
+def _run_method(cfg: DictConfig, output_dir: Path, dist_ctx: Any, device: torch.device) -> dict[str, float]:
+    """Seed, build the run context, call the method's ``run(cfg, ctx)``; the logger is finished in any case."""
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    seed_everything(cfg.seed, deterministic=cfg.trainer.deterministic)
+    logger = RunLogger(
+        output_dir,
+        cfg.logger,
+        run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        run_name=f"{cfg.method.name}-{cfg.network.name}-{cfg.dataset.name}-s{cfg.seed}",
+        enabled=dist_ctx.is_main,
+    )
+    ctx = RunContext(
+        cfg=cfg,
+        output_dir=output_dir,
+        device=device,
+        logger=logger,
+        checkpoints=CheckpointManager(output_dir),
+        progress=cfg.trainer.progress,
+        dist=dist_ctx,
+    )
+    try:
+        method_run = get_method(cfg.method.run)
+    except Exception as exc:
+        raise ConfigError(f"method.run: cannot import {cfg.method.run!r} ({exc})") from None
+    exit_code = 1
+    try:
+        results = dict(method_run(cfg, ctx))
+        logger.summary(results)
+        exit_code = 0
+    finally:
+        logger.finish(exit_code)
     return results
