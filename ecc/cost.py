@@ -1,0 +1,330 @@
+"""Stage 1 of ECC: what a network "costs", measured by one of several backends, and the random-width data set.
+
+Backends (``make_backend(name)``):
+
+* ``latency_cpu``: median wall time of one forward pass (``perf_counter``, warm-up, fixed threads).
+* ``latency_cuda``: median of CUDA-event timings after warm-up and synchronisation.
+* ``energy_nvml``: GPU energy from NVML's total-energy counter over a window of >= ``min_window_s``; idle power
+  measured first and subtracted when ``subtract_idle`` (the original's nvidia-smi polling kept idle power).
+* ``energy_rapl``: CPU package energy from ``/sys/class/powercap/intel-rapl:*/energy_uj`` (often root-only).
+* ``macs``: multiply-accumulates from PyTorch's FLOP counter: deterministic, exactly bilinear for chains.
+
+A backend that cannot run on this machine raises :class:`CostBackendUnavailable` with a one-line reason that
+names the alternatives.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.logging import progress
+from common.metrics import count_macs
+from ecc.prune import slim_to_widths, width_chain
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("latency_cpu", "latency_cuda", "energy_nvml", "energy_rapl", "macs")
+
+
+class CostBackendUnavailable(RuntimeError):
+    """The cost backend cannot run on this machine (the message says why and what to use instead)."""
+
+
+class CostBackend:
+    """Measures the cost of one forward pass of a batch of ``batch`` inputs."""
+
+    name = "base"
+    unit = ""
+
+    def __init__(self, batch: int = 1):
+        self.batch = int(batch)
+
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        """The cost of ``model`` on ``example`` (one sample, repeated to ``batch``)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata written next to the cost data."""
+        return {"backend": self.name, "unit": self.unit, "batch": self.batch}
+
+    def _input(self, example: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return example[:1].expand(self.batch, *example.shape[1:]).contiguous().to(device)
+
+
+class MacsCost(CostBackend):
+    """Multiply-accumulates per forward pass (analytic; the same on every machine)."""
+
+    name = "macs"
+    unit = "MAC"
+
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        device = next(model.parameters()).device
+        return float(count_macs(model, self._input(example, device)))
+
+
+class CpuLatency(CostBackend):
+    """Median wall time (s) of ``repeats`` forward passes on the CPU, after ``warmup`` passes, with fixed threads."""
+
+    name = "latency_cpu"
+    unit = "s"
+
+    def __init__(self, batch: int = 1, repeats: int = 20, warmup: int = 3, threads: int = 1):
+        super().__init__(batch)
+        self.repeats, self.warmup, self.threads = int(repeats), int(warmup), int(threads)
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        model = model.cpu().eval()
+        x = self._input(example, torch.device("cpu"))
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for _ in range(self.warmup):
+                model(x)
+            times = []
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(before)
+        return statistics.median(times)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "threads": self.threads,
+            "repeats": self.repeats,
+            "cpu": platform.processor(),
+        }
+
+
+class CudaLatency(CostBackend):
+    """Median CUDA-event time (s) of one forward pass, after warm-up and synchronisation."""
+
+    name = "latency_cuda"
+    unit = "s"
+
+    def __init__(self, batch: int = 1, repeats: int = 50, warmup: int = 10):
+        super().__init__(batch)
+        if not torch.cuda.is_available():
+            raise CostBackendUnavailable("latency_cuda: no CUDA device here; use latency_cpu or macs")
+        self.repeats, self.warmup = int(repeats), int(warmup)
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        model = model.cuda().eval()
+        x = self._input(example, torch.device("cuda"))
+        for _ in range(self.warmup):
+            model(x)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(self.repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+
+
+class NvmlEnergy(CostBackend):
+    """GPU energy (J) per forward pass from NVML's total-energy counter (``nvidia-ml-py``).
+
+    The counter is read around a loop of forward passes lasting >= ``min_window_s`` (the counter's
+    resolution is coarse); with ``subtract_idle`` the idle power, measured over the same window before the
+    first measurement, times the window is subtracted (the original included idle power).
+    """
+
+    name = "energy_nvml"
+    unit = "J"
+
+    def __init__(
+        self, batch: int = 1, min_window_s: float = 2.0, subtract_idle: bool = True, device_index: int = 0
+    ):
+        super().__init__(batch)
+        try:
+            import pynvml
+        except ImportError:
+            raise CostBackendUnavailable(
+                "energy_nvml: nvidia-ml-py is not installed (pip install nvidia-ml-py); use latency_cpu or macs"
+            ) from None
+        if not torch.cuda.is_available():
+            raise CostBackendUnavailable("energy_nvml: no CUDA device here; use latency_cpu or macs")
+        try:
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except pynvml.NVMLError as exc:
+            raise CostBackendUnavailable(
+                f"energy_nvml: NVML energy counter unreadable ({exc}); use latency_cuda"
+            ) from None
+        self._nvml = pynvml
+        self.min_window_s, self.subtract_idle = float(min_window_s), bool(subtract_idle)
+        self.idle_w: float | None = None
+
+    def _energy_j(self) -> float:
+        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1e3  # mJ -> J
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        if self.subtract_idle and self.idle_w is None:
+            torch.cuda.synchronize()
+            e0, t0 = self._energy_j(), time.perf_counter()
+            time.sleep(self.min_window_s)
+            self.idle_w = (self._energy_j() - e0) / (time.perf_counter() - t0)
+        model = model.cuda().eval()
+        x = self._input(example, torch.device("cuda"))
+        for _ in range(10):
+            model(x)
+        torch.cuda.synchronize()
+        e0, t0, n = self._energy_j(), time.perf_counter(), 0
+        while time.perf_counter() - t0 < self.min_window_s:
+            model(x)
+            n += 1
+            if n % 10 == 0:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        energy, wall = self._energy_j() - e0, time.perf_counter() - t0
+        if self.subtract_idle:
+            energy -= self.idle_w * wall
+        return energy / n
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "idle_subtracted": self.subtract_idle, "idle_w": self.idle_w}
+
+
+class RaplEnergy(CostBackend):
+    """CPU package energy (J) per forward pass from RAPL's ``energy_uj`` counter, over >= ``min_window_s``."""
+
+    name = "energy_rapl"
+    unit = "J"
+    root = Path("/sys/class/powercap")
+
+    def __init__(self, batch: int = 1, min_window_s: float = 1.0, threads: int = 1):
+        super().__init__(batch)
+        zones = sorted(self.root.glob("intel-rapl:[0-9]")) if self.root.exists() else []
+        readable = [z for z in zones if _readable(z / "energy_uj")]
+        if not readable:
+            why = "no RAPL zones" if not zones else "energy_uj is root-only (Linux >= 5.10)"
+            raise CostBackendUnavailable(f"energy_rapl: {why} on this machine; use latency_cpu or macs")
+        self.zones = readable
+        self.min_window_s, self.threads = float(min_window_s), int(threads)
+
+    def _read(self) -> list[int]:
+        return [int((z / "energy_uj").read_text()) for z in self.zones]
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        model = model.cpu().eval()
+        x = self._input(example, torch.device("cpu"))
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            model(x)
+            e0, t0, n = self._read(), time.perf_counter(), 0
+            while time.perf_counter() - t0 < self.min_window_s:
+                model(x)
+                n += 1
+            e1 = self._read()
+        finally:
+            torch.set_num_threads(before)
+        total = 0
+        for z, a, b in zip(self.zones, e0, e1):
+            wrap = int((z / "max_energy_range_uj").read_text()) if b < a else 0
+            total += b - a + wrap
+        return total / 1e6 / n
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_text()
+        return True
+    except OSError:
+        return False
+
+
+_REGISTRY = {
+    "latency_cpu": CpuLatency,
+    "latency_cuda": CudaLatency,
+    "energy_nvml": NvmlEnergy,
+    "energy_rapl": RaplEnergy,
+    "macs": MacsCost,
+}
+
+
+def make_backend(name: str, **kwargs: Any) -> CostBackend:
+    """The backend ``name`` (one of :data:`BACKENDS`), or :class:`CostBackendUnavailable` if it cannot run here."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown cost backend {name!r}; choose one of {BACKENDS}")
+    return _REGISTRY[name](**kwargs)
+
+
+def sample_widths(upper_bounds: Sequence[int], n: int, seed: int = 1) -> np.ndarray:
+    """``n`` width vectors, each w_j uniform on [1, ub_j] (the original's ``random.seed(1)``, ``randint``)."""
+    rng = random.Random(seed)
+    return np.array([[rng.randint(1, int(u)) for u in upper_bounds] for _ in range(n)], dtype=np.int64)
+
+
+def collect_cost_data(
+    model: nn.Module,
+    example: torch.Tensor,
+    backend: CostBackend,
+    samples: int,
+    *,
+    seed: int = 1,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Measures ``samples`` random-width versions of ``model`` (brief §1.1).
+
+    Each configuration keeps the first w_u channels of every slot of the (dense, trained or not) ``model``;
+    the weights do not change a dense forward's cost, only the widths do.
+
+    Args:
+        model: The dense network (not modified).
+        example: One input sample ``[1, C, H, W]``.
+        backend: The cost backend.
+        samples: Number of configurations.
+        seed: Seed of the width sampler.
+        show_progress: Show a progress bar (only on a terminal).
+
+    Returns:
+        ``(chains [N, L+2], costs [N], meta)``; ``meta`` holds the backend's description, the dense and
+        all-ones costs (measured first, which doubles as warm-up), the network class and torch's version.
+    """
+    chain = width_chain(model)
+    ub = chain[1:-1]
+    widths = sample_widths(ub, samples, seed)
+    ones_cost = backend.measure(slim_to_widths(model, [1] * len(ub)), example)
+    dense_cost = backend.measure(model, example)
+    costs = np.empty(samples, dtype=np.float64)
+    for i in progress(range(samples), enabled=show_progress, desc=f"cost data ({backend.name})"):
+        costs[i] = backend.measure(slim_to_widths(model, widths[i]), example)
+    chains = np.concatenate(
+        [np.full((samples, 1), chain[0]), widths, np.full((samples, 1), chain[-1])], axis=1
+    )
+    meta = {
+        **backend.describe(),
+        "network": type(model).__name__,
+        "width_upper_bounds": chain,
+        "input_shape": list(example.shape[1:]),
+        "device": str(next(model.parameters()).device),
+        "torch": torch.__version__,
+        "dense_cost": dense_cost,
+        "ones_cost": ones_cost,
+        "samples": samples,
+        "seed": seed,
+    }
+    return chains, costs, meta

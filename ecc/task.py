@@ -1,0 +1,237 @@
+"""Method ``ecc``: dense net -> cost data -> bilinear fit -> energy-constrained training -> removal -> fine-tune.
+
+Each phase writes its artifact under the run folder and is skipped when the artifact exists, so a rerun of
+the same folder resumes at the first unfinished phase; the two training phases inside (``pretrain``,
+``admm``, ``finetune``) also resume mid-phase from the Trainer's checkpoint.
+
+```
+dense/model.pt  cost/data.npz cost/meta.json  cost/energy_model.pt cost/fit.json
+admm/masked.pt admm/result.json  slim/model.pt  finetune/model.pt  (results.json by launch)
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from common.checkpoint import load_verified, save_atomic
+from common.engine import RunContext, Trainer, evaluate
+from common.factory import build_optimizer, build_scheduler, make_data, make_model
+from common.metrics import count_macs, count_parameters
+from ecc.admm import BudgetMet, ECCState, ECCStep, primal_param_groups
+from ecc.cost import CostBackend, collect_cost_data, make_backend
+from ecc.energy_model import BilinearEnergyModel, split_holdout
+from ecc.prune import live_counts, slim, slim_masked, width_chain
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def make_cost_backend(m: DictConfig) -> CostBackend:
+    """The backend of ``method.cost`` (``tx2_alexnet`` is measured again with ``latency_cpu``)."""
+    name = "latency_cpu" if m.cost == "tx2_alexnet" else m.cost
+    kwargs: dict[str, Any] = {"batch": m.cost_batch}
+    if name in ("latency_cpu", "latency_cuda"):
+        kwargs["repeats"] = m.cost_repeats
+    return make_backend(name, **kwargs)
+
+
+def phase_dense(cfg: DictConfig, ctx: RunContext, data: Any) -> torch.nn.Module:
+    """The dense network: loaded from ``method.dense_checkpoint`` or trained (phase ``pretrain``)."""
+    m = cfg.method
+    model = make_model(cfg, data, ctx.device)
+    path = ctx.output_dir / "dense" / "model.pt"
+    if m.dense_checkpoint:
+        state = torch.load(m.dense_checkpoint, map_location=ctx.device, weights_only=True)
+        model.load_state_dict(state.get("model", state))
+    elif path.exists():
+        model.load_state_dict(load_verified(path)["model"])
+    else:
+        opt = build_optimizer(cfg.optimizer, model.parameters())
+        Trainer.from_config(
+            cfg, model, opt, data, ctx, scheduler=build_scheduler(cfg.scheduler, opt),
+            epochs=m.pretrain_epochs, phase="pretrain",
+        ).fit()  # fmt: skip
+        save_atomic({"model": model.state_dict()}, path)
+    return model
+
+
+def phase_energy_model(
+    cfg: DictConfig, ctx: RunContext, dense: torch.nn.Module, example: torch.Tensor
+) -> tuple[BilinearEnergyModel, dict[str, Any]]:
+    """Cost data (stage 1) and the bilinear fit (stage 2), or the shipped TX2 model."""
+    m = cfg.method
+    chain = width_chain(dense)
+    if m.cost == "tx2_alexnet":
+        return BilinearEnergyModel.tx2_alexnet(chain), {"cost_model": "tx2_alexnet"}
+    folder = ctx.output_dir / "cost"
+    model_path, fit_path = folder / "energy_model.pt", folder / "fit.json"
+    if model_path.exists() and fit_path.exists():
+        return BilinearEnergyModel.load(model_path), json.loads(fit_path.read_text())
+    data_path = folder / "data.npz"
+    if data_path.exists():
+        stored = np.load(data_path)
+        chains, costs = stored["widths"], stored["costs"]
+    else:
+        measured = copy.deepcopy(dense)
+        chains, costs, meta = collect_cost_data(
+            measured, example, make_cost_backend(m), m.samples, seed=m.cost_seed, show_progress=ctx.progress
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "data.tmp.npz", widths=chains, costs=costs)
+        (folder / "data.tmp.npz").replace(data_path)
+        _write_json(folder / "meta.json", meta)
+    train, hold = split_holdout(len(costs), m.holdout, seed=m.fit_seed)
+    energy_model = BilinearEnergyModel(chain).fit(chains[train], costs[train], method=m.fit)
+    fit = {
+        "fit_method": m.fit,
+        "train_mrae": energy_model.mrae(chains[train], costs[train]),
+        "holdout_mrae": energy_model.mrae(chains[hold], costs[hold]) if len(hold) else float("nan"),
+        "a": energy_model.a.tolist(),
+        "b": float(energy_model.b),
+    }
+    energy_model.save(model_path)
+    _write_json(fit_path, fit)
+    log.info("bilinear fit (%s): holdout MRAE %.4g", m.fit, fit["holdout_mrae"])
+    return energy_model, fit
+
+
+def phase_admm(
+    cfg: DictConfig, ctx: RunContext, data: Any, dense: torch.nn.Module, energy_model: BilinearEnergyModel
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Energy-constrained training (phase ``admm``): the masked full-size net and its summary."""
+    m = cfg.method
+    folder = ctx.output_dir / "admm"
+    student = copy.deepcopy(dense)
+    if (folder / "result.json").exists():
+        student.load_state_dict(load_verified(folder / "masked.pt")["model"])
+        return student, json.loads((folder / "result.json").read_text())
+    dense_cost = energy_model.dense_cost()
+    budget = float(m.budget) if m.budget_absolute else float(m.budget) * dense_cost
+    chain = width_chain(dense)
+    ones_cost = float(energy_model.predict([chain[0], *([1] * (len(chain) - 2)), chain[-1]]))
+    if ones_cost > budget:
+        raise ValueError(
+            f"budget {budget:.6g} is below the cost of the all-ones network {ones_cost:.6g}: infeasible"
+        )
+    teacher = copy.deepcopy(dense).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    groups = primal_param_groups(student, m.l2wd, m.mode)
+    if m.primal == "adam":
+        opt = torch.optim.Adam(groups, lr=m.plr, betas=tuple(m.padam_beta))
+    else:
+        opt = torch.optim.SGD(groups, lr=m.plr, momentum=m.momentum)
+    state = ECCState(torch.tensor(chain[1:-1], dtype=torch.float64), y_init=m.yinit, z_init=m.zinit)
+    slb = [max(1.0, m.slb * u) if m.slb < 1 else m.slb for u in chain[1:-1]]
+    step = ECCStep(
+        student, teacher, opt, energy_model, budget, state, mode=m.mode, rho_z=m.rho_z, rho_y=m.rho_y,
+        pslr=m.pslr, psgrad_mask=m.psgrad_mask, psgrad_clip=m.psgrad_clip, s_int=m.s_int, slb=slb,
+        distill=m.distill,
+    )  # fmt: skip
+    trainer = Trainer.from_config(
+        cfg, student, opt, data, ctx, epochs=m.admm_epochs, phase="admm", step_fn=step,
+        extra_state={"ecc": state},
+    )  # fmt: skip
+    try:
+        trainer.fit()
+    except BudgetMet as met:
+        log.info("ADMM: %s", met)
+    widths = live_counts(student)
+    result = {
+        "budget": budget,
+        "dense_cost_pred": dense_cost,
+        "budget_met": bool(state.done),
+        "admm_steps": state.steps,
+        "predicted_cost": float(energy_model.predict([chain[0], *widths, chain[-1]])),
+        "z": state.z,
+        "s": state.s.tolist(),
+        "widths": widths,
+    }
+    if not state.done:
+        log.warning("ADMM ended after %d steps above the budget (E = %.6g > B = %.6g)", state.steps,
+                    result["predicted_cost"], budget)  # fmt: skip
+    save_atomic({"model": student.state_dict()}, folder / "masked.pt")
+    _write_json(folder / "result.json", result)
+    return student, result
+
+
+def rebuild_slim(cfg: DictConfig, data: Any, widths: list[int], device: torch.device) -> torch.nn.Module:
+    """A network of ``cfg.network`` slimmed to ``widths`` (load a slim state dict into it)."""
+    return slim(make_model(cfg, data, device), [torch.arange(w) for w in widths])
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    """Runs the ECC pipeline; returns dense and final accuracy, cost ratios, widths (as ``width_<u>``)."""
+    m = cfg.method
+    data = make_data(cfg, ctx.device)
+    dense = phase_dense(cfg, ctx, data)
+    dense_eval = evaluate(dense, data.test, task=data.task, device=ctx.device)
+    x, _ = next(iter(data.test.epoch_iter(0)))
+    example = x[:1]
+    energy_model, fit = phase_energy_model(cfg, ctx, dense, example)
+    masked, admm = phase_admm(cfg, ctx, data, dense, energy_model)
+    masked_eval = evaluate(masked, data.test, task=data.task, device=ctx.device)
+
+    slim_path = ctx.output_dir / "slim" / "model.pt"
+    if slim_path.exists():
+        stored = load_verified(slim_path)
+        widths = [int(w) for w in stored["widths"]]
+        slim_net = rebuild_slim(cfg, data, widths, ctx.device)
+        slim_net.load_state_dict(stored["model"])
+    else:
+        slim_net, widths = slim_masked(masked)
+        save_atomic({"model": slim_net.state_dict(), "widths": widths}, slim_path)
+
+    ft_path = ctx.output_dir / "finetune" / "model.pt"
+    if m.finetune_epochs > 0 and m.mode == "default":
+        if ft_path.exists():
+            slim_net.load_state_dict(load_verified(ft_path)["model"])
+        else:
+            opt = build_optimizer(cfg.optimizer, slim_net.parameters())
+            Trainer.from_config(
+                cfg, slim_net, opt, data, ctx, scheduler=build_scheduler(cfg.scheduler, opt),
+                epochs=m.finetune_epochs, phase="finetune",
+            ).fit()  # fmt: skip
+            save_atomic({"model": slim_net.state_dict(), "widths": widths}, ft_path)
+    final_eval = evaluate(slim_net, data.test, task=data.task, device=ctx.device)
+
+    backend = make_cost_backend(m)
+    ex = example.to(ctx.device)
+    dense_measured = backend.measure(copy.deepcopy(dense), ex)
+    slim_measured = backend.measure(copy.deepcopy(slim_net), ex)
+    chain = width_chain(dense)
+    results: dict[str, float] = {
+        "dense_test_acc": dense_eval.get("test_acc", float("nan")),
+        "masked_test_acc": masked_eval.get("test_acc", float("nan")),
+        "test_acc": final_eval.get("test_acc", float("nan")),
+        "test_loss": final_eval.get("test_loss", float("nan")),
+        "budget_ratio": admm["budget"] / admm["dense_cost_pred"],
+        "budget_met": float(admm["budget_met"]),
+        "admm_steps": float(admm["admm_steps"]),
+        "predicted_cost_ratio": float(energy_model.predict([chain[0], *widths, chain[-1]]))
+        / admm["dense_cost_pred"],
+        "measured_cost_ratio": slim_measured / dense_measured,
+        "params_ratio": count_parameters(slim_net) / count_parameters(dense),
+        "macs_ratio": count_macs(slim_net, ex) / count_macs(dense, ex),
+        "holdout_mrae": float(fit.get("holdout_mrae", float("nan"))),
+    }
+    results.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
+    _write_json(
+        ctx.output_dir / "ecc_summary.json", {**results, "widths": widths, "dense_widths": chain[1:-1]}
+    )
+    return results

@@ -1,0 +1,119 @@
+"""The group prox against brute force, and the ADMM invariants on a tiny network."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from common.models import build_model
+from ecc.admm import BudgetMet, ECCState, ECCStep, group_prox, joint_loss, prox_objective
+from ecc.energy_model import BilinearEnergyModel
+from ecc.prune import live_counts, width_chain
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_group_prox_equals_brute_force_over_all_subsets(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 8, (1,), generator=g))
+    scores = torch.rand(n, generator=g, dtype=torch.float64) ** 2
+    s = float(torch.rand(1, generator=g)) * n + 0.5
+    y = float(torch.rand(1, generator=g)) * 3 * (seed % 3 != 0)
+    rho_y, alpha = float(torch.rand(1, generator=g)) * 2, 0.05 + float(torch.rand(1, generator=g))
+    keep, y_capped = group_prox(scores, s, y, rho_y, alpha)
+    assert 0.0 <= y_capped <= y
+    assert int(keep.sum()) >= min(int(s), n)
+    best = min(
+        prox_objective(scores, torch.tensor(mask, dtype=torch.bool), s, y_capped, rho_y, alpha)
+        for mask in itertools.product([False, True], repeat=n)
+    )
+    assert prox_objective(scores, keep, s, y_capped, rho_y, alpha) == pytest.approx(
+        best, rel=1e-12, abs=1e-12
+    )
+    # a prefix of the descending order
+    if keep.any() and (~keep).any():
+        assert scores[keep].min() >= scores[~keep].max()
+
+
+def test_group_prox_by_hand():
+    # s = 1, rho_y = 2, alpha = 0.5: a_rho(r) = (r-1)_+^2 - (r-2)_+^2 = [0, 1, 3] for sorted a = [5, 2, 0.9];
+    # y = 0 -> keep a >= a_rho: 5 >= 0, 2 >= 1, not 0.9 >= 3
+    keep, y = group_prox(torch.tensor([0.9, 5.0, 2.0]), s=1.0, y=0.0, rho_y=2.0, alpha=0.5)
+    assert keep.tolist() == [False, True, True] and y == 0.0
+    # the cap: y = 100 -> min(100, (5 - 0) / (2 alpha)) = 5; keep a >= a_rho + 5 = [5, 6, 8] -> the top group
+    keep, y = group_prox(torch.tensor([0.9, 5.0, 2.0]), s=1.0, y=100.0, rho_y=2.0, alpha=0.5)
+    assert keep.tolist() == [False, True, False] and y == 5.0
+
+
+def test_joint_loss_modes():
+    out, teacher, target = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    ce = torch.nn.functional.cross_entropy(out, target)
+    mse = ((out - teacher) ** 2).mean()
+    torch.testing.assert_close(joint_loss(out, teacher, target, 0.5), 0.5 * mse + 0.5 * ce)
+    torch.testing.assert_close(joint_loss(out, teacher, target, 1.0), mse)
+    torch.testing.assert_close(joint_loss(out, teacher, target, 0.0), ce)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return build_model(
+        "alexnet_small",
+        num_classes=4,
+        in_channels=1,
+        image_size=32,
+        widths=[4, 6, 6, 6, 6],
+        hidden=[8, 8],
+        dropout=0.0,
+    )
+
+
+@pytest.mark.parametrize("mode", ["default", "paper"])
+def test_admm_invariants_hold_every_step(mode):
+    model = _tiny()
+    teacher = _tiny().eval()
+    chain = width_chain(model)
+    em = BilinearEnergyModel(chain)
+    em.a.fill_(1.0)
+    budget = 0.4 * em.dense_cost()
+    state = ECCState(torch.tensor(chain[1:-1], dtype=torch.float64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    step = ECCStep(
+        model,
+        teacher,
+        opt,
+        em,
+        budget,
+        state,
+        mode=mode,
+        rho_z=1.0,
+        rho_y=1.0,
+        pslr=2.0,
+        psgrad_clip=1.0,
+        distill=0.5,
+    )
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 4, (8,))
+    prev_s = state.s.clone()
+    met = False
+    for _ in range(200):
+        try:
+            step(x, y)
+        except BudgetMet:
+            met = True
+        assert state.z >= 0 and bool((state.y >= 0).all()) and bool((state.s >= 1).all())
+        assert bool((state.s <= prev_s + 1e-12).all())  # psgrad_mask: s never grows
+        assert live_counts(model) == [int(p) for p in step.phi]
+        assert all(p >= min(int(s), w) for p, s, w in zip(step.phi.tolist(), state.s.tolist(), chain[1:-1]))
+        prev_s = state.s.clone()
+        if met:
+            break
+    assert met and state.done and state.energy <= budget
+    assert em.predict(step.chain(torch.tensor(live_counts(model), dtype=torch.float64))) <= budget
+
+
+def test_state_round_trip():
+    st = ECCState(torch.tensor([3.0, 4.0]), y_init=0.5, z_init=2.0)
+    st.steps, st.energy = 7, 1.5
+    back = ECCState(torch.zeros(2))
+    back.load_state_dict(st.state_dict())
+    assert torch.equal(back.s, st.s) and torch.equal(back.y, st.y) and back.z == 2.0 and back.steps == 7

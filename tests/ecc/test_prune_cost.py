@@ -1,0 +1,103 @@
+"""Slim equals masked for every supported network; the cost backends; the random-width data set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.metrics import count_macs, count_parameters
+from common.models import build_model
+from ecc.cost import CostBackendUnavailable, collect_cost_data, make_backend, sample_widths
+from ecc.energy_model import BilinearEnergyModel
+from ecc.prune import live_counts, slim, slim_masked, width_chain, width_slots, zero_groups
+
+NETS = {
+    "alexnet_small": dict(widths=[8, 12, 16, 12, 10], hidden=[20, 24], dropout=0.0),
+    "vgg11": dict(width_mult=0.125),
+    "vgg11_bn": dict(width_mult=0.125),
+    "mobilenet_v1": dict(width_mult=0.125),
+    "mobilenet_v1_imagenet": dict(width_mult=0.125),
+}
+
+
+def _net(name, in_channels=3):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=in_channels, image_size=32, **NETS[name])
+    for m in model.modules():  # non-trivial BN statistics, so a wrong slice shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_slim_logits_equal_masked_logits(name):
+    model = _net(name)
+    g = torch.Generator().manual_seed(1)
+    for slot in width_slots(model):
+        dead = torch.rand(slot.width, generator=g) < 0.5
+        dead[0] = False
+        zero_groups(slot, dead)
+    x = torch.randn(3, 3, 32, 32)
+    slim_net, widths = slim_masked(model)
+    assert widths == live_counts(model) == width_chain(slim_net)[1:-1]
+    torch.testing.assert_close(slim_net(x), model(x), atol=1e-5, rtol=0)
+    assert count_parameters(slim_net) < count_parameters(model)
+    # the slim net is a normal module: its state dict loads into a net slimmed to the same widths
+    again = slim(_net(name), [torch.arange(w) for w in widths])
+    again.load_state_dict(slim_net.state_dict())
+    torch.testing.assert_close(again(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_alexnet_macs_are_exactly_bilinear_in_the_widths():
+    model = _net("alexnet_small")
+    backend = make_backend("macs")
+    chains, costs, meta = collect_cost_data(
+        model, torch.randn(1, 3, 32, 32), backend, 30, show_progress=False
+    )
+    assert chains.shape == (30, 9) and meta["dense_cost"] == count_macs(model, torch.randn(1, 3, 32, 32))
+    fit = BilinearEnergyModel(meta["width_upper_bounds"]).fit(chains, costs)
+    assert fit.mrae(chains, costs) < 1e-9  # conv and fc MACs are w_j w_{j+1} k^2 HW: no residual
+    assert float(fit.b) == pytest.approx(0.0, abs=1e-6 * meta["dense_cost"])
+    assert fit.dense_cost() == pytest.approx(meta["dense_cost"], rel=1e-9)
+
+
+def test_sample_widths_are_uniform_in_range_and_seeded():
+    w = sample_widths([4, 7], 2000, seed=1)
+    assert w.min() == 1 and w[:, 0].max() == 4 and w[:, 1].max() == 7
+    assert np.array_equal(w, sample_widths([4, 7], 2000, seed=1))
+    assert abs(w[:, 1].mean() - 4.0) < 0.2
+
+
+def test_cpu_latency_is_positive_and_repeatable():
+    model = _net("alexnet_small")
+    backend = make_backend("latency_cpu", repeats=15, warmup=3)
+    x = torch.randn(1, 3, 32, 32)
+    t1, t2 = backend.measure(model, x), backend.measure(model, x)
+    assert t1 > 0 and t2 > 0
+    assert 0.33 < t1 / t2 < 3.0  # shared 2-core machine: repeatable within noise
+
+
+@pytest.mark.parametrize("name", ["latency_cuda", "energy_nvml", "energy_rapl"])
+def test_unavailable_backends_say_why_in_one_line(name):
+    try:
+        make_backend(name)
+    except CostBackendUnavailable as exc:
+        msg = str(exc)
+        assert "\n" not in msg and msg.startswith(name) and ("latency_cpu" in msg or "latency_cuda" in msg)
+    else:  # runs here: nothing to check on this machine
+        pytest.skip(f"{name} is available on this machine")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="latency_cpu"):
+        make_backend("joules")
+
+
+def test_unsupported_network_names_the_alternative():
+    model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
+    with pytest.raises(NotImplementedError, match="torch-pruning"):
+        width_slots(model)
