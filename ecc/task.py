@@ -235,3 +235,18 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         ctx.output_dir / "ecc_summary.json", {**results, "widths": widths, "dense_widths": chain[1:-1]}
     )
     return results
+
+
+def run_cost_data(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    """Stages 1 and 2 alone (``method=ecc_cost_data``): measure random widths of the untrained net, fit the model.
+
+    Cost does not depend on the weights, so no training happens; the data set and the fit land in
+    ``<output_dir>/cost/`` exactly as in the full pipeline.
+    """
+    data = make_data(cfg, ctx.device)
+    model = make_model(cfg, data, ctx.device)
+    x, _ = next(iter(data.test.epoch_iter(0)))
+    energy_model, fit = phase_energy_model(cfg, ctx, model, x[:1])
+    results = {k: float(v) for k, v in fit.items() if isinstance(v, int | float)}
+    results["dense_cost"] = float(energy_model.dense_cost())
+    return results

@@ -71,3 +71,17 @@ def test_digits_half_budget_keeps_dense_accuracy(cfg_factory):
     )
     assert results["budget_met"] == 1.0 and results["measured_cost_ratio"] <= 0.5
     assert results["test_acc"] >= results["dense_test_acc"] - 0.015
+
+
+def test_cost_data_stage_alone_fits_the_bilinear_model(cfg_factory, tmp_path):
+    results = run(
+        cfg_factory(
+            "method=ecc_cost_data", "network=alexnet_small", "method.cost=macs", "method.samples=30",
+            "network.widths=[8,16,16,16,16]", "network.hidden=[32,32]",
+        )
+    )  # fmt: skip
+    out = tmp_path / "run" / "cost"
+    assert {"data.npz", "meta.json", "energy_model.pt", "fit.json"} <= {p.name for p in out.iterdir()}
+    assert results["holdout_mrae"] < 1e-9  # MACs are exactly bilinear in the widths
+    assert results["dense_cost"] > 0
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
