@@ -79,3 +79,27 @@ def test_wandb_offline_keeps_one_run_across_resume(cfg_factory, tmp_path, monkey
     runs_after = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
     assert all(name.endswith(run_id) for name in runs_after)
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])
+def test_cuda_with_amp_trains_and_resumes(cfg_factory, tmp_path, monkeypatch, amp_dtype):
+    overrides = (
+        "trainer.device=auto",
+        "trainer.amp=true",
+        f"trainer.amp_dtype={amp_dtype}",
+        "network=lenet5",
+    )
+    overrides += ("trainer.epochs=2", "trainer.limit_train_batches=4", "trainer.checkpoint_every_steps=3")
+    reference = run(cfg_factory(*overrides, name="ref"))
+    assert math.isfinite(reference["test_loss"])
+    meta = json.loads((tmp_path / "ref" / "meta.json").read_text())
+    assert meta["gpus"], "trainer.device=auto did not pick the GPU"
+    restore = crash_on_call(monkeypatch, engine.Trainer, "default_step", at=5, exc=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg_factory(*overrides, name="resumed"))
+    restore()
+    resumed = run(cfg_factory(*overrides, name="resumed"))
+    # cuDNN kernels need not be bitwise deterministic: equal to float tolerance
+    assert resumed["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-3)
