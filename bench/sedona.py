@@ -4,7 +4,11 @@ VGG-19 (SEDONA's, feat_mult 1) on CIFAR-shaped random batches, per-block against
 by side in one run. Memory is the peak of the bytes autograd holds for backward (saved-tensor accounting via
 ``torch.autograd.graph.saved_tensors_hooks``), which is the activation memory on any device.
 
-    .venv/bin/python -m bench.sedona [--batch 32] [--iters 3]
+    .venv/bin/python -m bench.sedona [--batch 32] [--iters 3] [--search-cost]
+
+``--search-cost`` times one ordinary relaxed step and one meta-step (T unrolled inner steps) of SEDONA's search
+on the same net and batch, and prints the cost of the original's search protocol in greedy-training-step
+equivalents (measured, not the (T+1) pass count).
 """
 
 from __future__ import annotations
@@ -51,12 +55,57 @@ def step(net, cfg, x, y, mode: str) -> None:
         torch.stack(losses).sum().backward()
 
 
+def search_cost(batch: int, iters: int, inner_steps: int = 5) -> None:
+    """Time of a greedy step (K = 4), a relaxed step and a meta-step (T inner steps) on VGG-19; search cost."""
+    from sedona import search as S
+
+    torch.manual_seed(0)
+    net = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=1.0, aux="conv4", heads=False)
+    model = S.SearchNet(net)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    alpha = torch.zeros(model.num_units - 1, 2, requires_grad=True)
+    beta = torch.zeros(model.num_units - 1, 4, requires_grad=True)
+    state = S.snapshot(model, None, 0, 0.0)
+    greedy = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=1.0, aux="conv4")
+    cfg = uniform_split(greedy.num_units, 4)
+    greedy.set_decoupling(cfg)
+
+    def timed(fn) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) / iters
+
+    t_greedy = timed(lambda: step(greedy, cfg, x, y, "per_block"))
+    t_relaxed = timed(
+        lambda: S.relaxed_step(model, state, (x, y), alpha, beta, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    )
+    t_meta = timed(lambda: S.hypergradient(model, state, [(x, y)] * inner_steps, alpha, beta, lr=0.01))
+    meta = (t_meta + t_relaxed) / t_greedy  # a meta-iteration also advances the popped state by one step
+    pre, iters_meta = 40_000, 2_000
+    total = pre * t_relaxed / t_greedy + iters_meta * meta
+    print(f"VGG-19 (fm 1), batch {batch}, CPU 1 thread; T = {inner_steps} (train_last)")
+    print(f"  greedy step K=4 (conv4 heads): {t_greedy:.3f} s = 1 step-equivalent")
+    print(f"  relaxed step (15 mixed heads): {t_relaxed:.3f} s = {t_relaxed / t_greedy:.2f}")
+    print(f"  meta-iteration (unroll + advance): {t_meta + t_relaxed:.3f} s = {meta:.2f}")
+    print(
+        f"  original protocol (40k pretraining + 2k meta-iterations): {total:,.0f} step-equivalents"
+        f" = {total / 64_000:.2f}x one 64k-step CIFAR-10 training"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--search-cost", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.search_cost:
+        search_cost(args.batch, args.iters)
+        return
     torch.manual_seed(0)
     net = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=1.0, aux="mlp_sr")
     x = torch.randn(args.batch, 3, 32, 32)

@@ -24,6 +24,7 @@ from sedona.network import (
     select_decoupling,
     uniform_split,
 )
+from sedona.search import SearchNet, WeightMemory, hypergradient
 
 __all__ = [
     "HEAD_KINDS",
@@ -33,9 +34,12 @@ __all__ = [
     "EnsembleView",
     "LightConv",
     "PredSim",
+    "SearchNet",
+    "WeightMemory",
     "build_decoupled",
     "build_head",
     "found_decoupling",
+    "hypergradient",
     "select_decoupling",
     "smoothed_cross_entropy",
     "uniform_split",
