@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ecco.py            # everything (a few minutes on one CPU thread)
     .venv/bin/python bench/ecco.py --quick    # fewer draws and repetitions
+    .venv/bin/python bench/ecco.py --speed    # the step-time table only (about a minute)
 
 Everything is measured side by side in this one run and printed as ratios or distributions.
 """
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--speed", action="store_true", help="only the step-time table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # the study runs ECCO where every step is capped: its one-time log line would repeat for every draw
@@ -212,6 +214,8 @@ def main() -> None:
             f"ECCO state {t['ecco_buffers']:.2f} parameter-sized buffers"
         )
 
+    if args.speed:
+        return
     data = digits_data()
     epochs = args.epochs
     print(f"\n== eta sweep, digits MLP, {epochs} epochs, alpha_0=0.01: test accuracy by step cap dt_max ==")

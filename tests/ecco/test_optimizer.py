@@ -333,6 +333,49 @@ def test_foreach_equals_reference_loop(limited, zeta, digits_batches):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("zeta", [True, False])
+def test_foreach_buffer_reuse_equals_reference_float32_in_place_grads(zeta, digits_batches):
+    # the fast path reuses its two state buffers in place (they swap roles): gradients zeroed in place
+    # (set_to_none=False), float32, dt_min, a tensor whose gradient never changes (Δθ̇ = 0: a +inf raw
+    # step, so the cap) and a frozen tensor must all give the reference loop's parameters and state
+    runs = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        still = nn.Parameter(torch.ones(4))
+        frozen = nn.Parameter(torch.ones(2))
+        opt = ECCO(
+            [{"params": [*model.parameters(), still, frozen]}],
+            eta=0.01,
+            alpha_0=0.5,
+            dt_min=1e-3,
+            foreach=foreach,
+            zeta=zeta,
+        )
+        for x, y in digits_batches[:8]:
+            opt.zero_grad(set_to_none=False)
+            frozen.grad = None
+            (10 * nn.functional.cross_entropy(model(x.float()), y) + still.sum()).backward()
+            opt.step()
+        runs.append((model, still, opt))
+    (m1, s1, o1), (m2, s2, o2) = runs
+    for a, b in zip([*m1.parameters(), s1], [*m2.parameters(), s2], strict=True):
+        assert torch.equal(a, b)
+        for key in ("grad_prev", "dtheta_prev", "alpha"):
+            if key in o2.state[b]:
+                assert torch.equal(torch.as_tensor(o1.state[a][key]), torch.as_tensor(o2.state[b][key])), key
+    assert float(o1.state[s1]["alpha"]) == 0.5
+
+
+def test_abs_max_is_exact_without_sync():
+    from ecco.optimizer import _abs_max
+
+    out = _abs_max([_vec(1.0, -3.0, 2.0), _vec(-0.0, -0.0), torch.zeros(0, dtype=D), _vec(1.0, float("nan"))])
+    assert out[:3].tolist() == [3.0, 0.0, 0.0]
+    assert torch.isnan(out[3])
+    assert torch.equal(1 / out[1:2], _vec(float("inf")))  # +0, never −0: the step must be capped, not −inf
+
+
 @pytest.mark.parametrize("mode", ["paper", "improved"])
 def test_state_dict_round_trip_continues_identically(mode, digits_batches):
     torch.manual_seed(0)
