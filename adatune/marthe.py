@@ -65,6 +65,42 @@ def _dot(a: list[Tensor], b: list[Tensor | None]) -> Tensor:
     return torch.stack(terms).sum().double()
 
 
+def _blocks(keys: list[tuple], start: int) -> list[tuple[tuple, list[int]]]:
+    """Indices start, start+1, ... grouped by key, in order of first appearance (normally a single block)."""
+    if all(k == keys[0] for k in keys):
+        return [(keys[0], list(range(start, start + len(keys))))]
+    out: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(start + i)
+    return list(out.items())
+
+
+def _put(target: list, idx: list[int], values: list) -> None:
+    if len(idx) == len(target) or (idx and idx[-1] - idx[0] + 1 == len(idx)):
+        target[idx[0] : idx[0] + len(idx)] = values
+    else:
+        for i, v in zip(idx, values):
+            target[i] = v
+
+
+def _scaled(xs: list[Tensor], a: float, inplace: bool = False) -> list[Tensor]:
+    """a·x for each x; a = 1 returns the inputs (x·1 is exactly x)."""
+    if a == 1:
+        return xs
+    if inplace:
+        torch._foreach_mul_(xs, a)
+        return xs
+    return list(torch._foreach_mul(xs, a))
+
+
+def _mu_affine(mu: float, zw: list[Tensor], eta: float, x: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    """μ·(Z^w − η·x) + B, elementwise in that order."""
+    out = torch._foreach_sub(zw, torch._foreach_mul(x, eta))
+    out = _scaled(out, mu, inplace=True)
+    torch._foreach_add_(out, b)
+    return out
+
+
 class MARTHE:
     """Wraps a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` and tunes its (single) learning rate online.
 
@@ -160,6 +196,7 @@ class MARTHE:
         self.t = 0
         self.skipped = 0
         self.clip_count = 0
+        self._clip_pending: list[Tensor] = []  # clip counts of this step, read at its one host sync
         n = len(self.params)
         # the tangent, per parameter: Z^w, and Z^buf (SGD momentum) or Z^m, Z^v (Adam); None means 0
         self.z: dict[str, list[Tensor | None]] = {k: [None] * n for k in ("w", "buf", "m", "v")}
@@ -218,12 +255,21 @@ class MARTHE:
         if c is None:
             return tensors
         if self.mode == "default":
-            self.clip_count += int(sum(bool((t.abs() > c).any()) for t in tensors))
-        return [t.clamp(-c, c) for t in tensors]
+            # how many tensors had an entry beyond ±c, as a tensor: read at the step's one host sync
+            maxabs = torch._foreach_norm(tensors, math.inf)
+            self._clip_pending.append((torch.stack(maxabs) > c).sum())
+        return list(torch._foreach_clamp_max(torch._foreach_clamp_min(tensors, -c), c))
 
     @property
     def _mu_tangent(self) -> float:
         return 0.0 if self.first_order else self.mu
+
+    def _group_slices(self) -> list[tuple[dict, int, int]]:
+        out, start = [], 0
+        for group in self.param_groups:
+            out.append((group, start, start + len(group["params"])))
+            start += len(group["params"])
+        return out
 
     # ------------------------------------------------------------------ the step
     def step(self, loss: Tensor, val_loss: Callable[[], Tensor]) -> StepInfo:
@@ -241,13 +287,16 @@ class MARTHE:
         eta_used = self.eta
         momentum_paper = paper and any(g["momentum"] != 0 for g in self.param_groups)
         has_z = any(z is not None for z in self.z["w"])
-        # the HVP H_t Z_t is needed only when it is not multiplied by 0 (brief B12); the original computes it anyway
+        # the HVP H_t Z_t is needed only when it is not multiplied by 0 (brief B12); the original computes it anyway.
+        # It reuses the training gradient's graph: one create_graph backward, then one backward of ⟨g, Z⟩; forward-
+        # over-reverse (torch.func.jvp of grad) was measured slower on CPU (README), so it is not used.
         need_hvp = has_z and not self.first_order and (paper or self.mu != 0)
         grads = torch.autograd.grad(
             loss, params, create_graph=need_hvp, allow_unused=True, materialize_grads=True
         )
         if paper and self.grad_clipping is not None:
-            grads = tuple(g.clamp(-self.grad_clipping, self.grad_clipping) for g in grads)
+            c = self.grad_clipping
+            grads = torch._foreach_clamp_max(torch._foreach_clamp_min(grads, -c), c)  # differentiable
         hvp: list[Tensor] | None = None
         if need_hvp:
             zw = [z if z is not None else torch.zeros_like(p) for z, p in zip(self.z["w"], params)]
@@ -258,16 +307,24 @@ class MARTHE:
         g = [x.detach() for x in grads]
         del grads
 
-        # what the tangent needs from before the step: w_t (L2 terms) and, in paper mode, the momentum buffer
-        pre: list[dict[str, Any]] = [{"w": p.detach().clone(), "g": gi} for p, gi in zip(params, g)]
-        self._b = [None] * len(params)
-        for i, p in enumerate(params):
-            p.grad = g[i].clone()
-            if paper:
-                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-                pre[i]["buf"] = None if buf is None else buf.clone()
-            else:
-                pre[i]["buf_existed"] = self.optimizer.state.get(p, {}).get("momentum_buffer") is not None
+        # what the tangent needs from before the step: w_t (L2/AdamW terms only) and, in paper mode, the momentum
+        # buffer (torch updates it in place); p.grad gets a copy (Nesterov SGD adds the buffer into it in place)
+        state = self.optimizer.state
+        pre: dict[str, Any] = {"g": g, "w": None, "buf": None, "buf_existed": None}
+        if any(grp["weight_decay"] for grp in self.param_groups):
+            with torch.no_grad():
+                pre["w"] = torch._foreach_clone(params)
+        if paper:
+            bufs = [state.get(p, {}).get("momentum_buffer") for p in params]
+            if any(b is not None for b in bufs):
+                known = [b for b in bufs if b is not None]
+                copies = iter(torch._foreach_clone(known))
+                bufs = [None if b is None else next(copies) for b in bufs]
+            pre["buf"] = bufs
+        elif self.kind == "sgd":
+            pre["buf_existed"] = [state.get(p, {}).get("momentum_buffer") is not None for p in params]
+        for p, gi in zip(params, torch._foreach_clone(g)):
+            p.grad = gi
         for group in self.param_groups:
             group["lr"] = eta_used
         self.optimizer.step()
@@ -281,121 +338,190 @@ class MARTHE:
         self.t += 1
         return self._hyper_step(val_loss, pre, eta_used)
 
+    # The tangent updates below run as torch._foreach_* ops over blocks of parameters that share a param group and
+    # the same "which parts of Z are still 0" pattern (normally one block per group); each op is the same
+    # elementwise arithmetic, in the same order, as the per-tensor formula in the comments.
+
     # Z^w_{t+1} = μ A_t Z_t + B_t for torch SGD: g' = g + λw, buf = m·buf + (1−d)g' (buf = g' at first),
     # dir = g' + m·buf (Nesterov) or buf, w ← w − η·dir. Hence (with h = H Z^w + λZ^w = H' Z^w):
     # (AZ)^buf = m Z^buf + (1−d) h (h at the first step), (AZ)^w = Z^w − η (AZ)^dir, B^w = −dir.
-    def _tangent_sgd(self, pre: list[dict[str, Any]], hvp: list[Tensor] | None, eta: float) -> None:
+    def _tangent_sgd(self, pre: dict[str, Any], hvp: list[Tensor] | None, eta: float) -> None:
         mu = self._mu_tangent
-        for i, p in enumerate(self.params):
-            group = self._group_of[i]
+        state = self.optimizer.state
+        for group, s, e in self._group_slices():
             m, d, wd, nest = group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"]
-            gp = pre[i]["g"] + wd * pre[i]["w"] if wd else pre[i]["g"]
+            gp = pre["g"][s:e]
+            if wd:
+                gp = torch._foreach_add(gp, torch._foreach_mul(pre["w"][s:e], wd))
             if m == 0:
                 direction = gp
             else:
-                buf = self.optimizer.state[p]["momentum_buffer"]
-                direction = gp + m * buf if nest else buf
-            b_w = -direction
-            self._b[i] = b_w
-            zw = self.z["w"][i]
-            if hvp is None or mu == 0 or zw is None:
-                self.z["w"][i] = b_w.clone()
-                self.z["buf"][i] = None
+                bufs = [state[p]["momentum_buffer"] for p in group["params"]]
+                direction = torch._foreach_add(gp, torch._foreach_mul(bufs, m)) if nest else bufs
+            b_w = torch._foreach_neg(direction)
+            self._b[s:e] = b_w
+            if hvp is None or mu == 0:
+                self.z["w"][s:e] = b_w
+                self.z["buf"][s:e] = [None] * (e - s)
                 continue
-            h = hvp[i] + wd * zw if wd else hvp[i]
-            if m == 0:
-                self.z["w"][i] = mu * (zw - eta * h) + b_w
-                continue
-            zb = self.z["buf"][i]
-            if not pre[i]["buf_existed"]:
-                az_buf = h
-            else:
-                az_buf = (1 - d) * h if zb is None else m * zb + (1 - d) * h
-            az_dir = h + m * az_buf if nest else az_buf
-            self.z["w"][i] = mu * (zw - eta * az_dir) + b_w
-            self.z["buf"][i] = mu * az_buf
+            keys = [
+                (self.z["w"][i] is None, pre["buf_existed"][i], self.z["buf"][i] is None) for i in range(s, e)
+            ]
+            for (zw_none, existed, zb_none), idx in _blocks(keys, s):
+                bw = [b_w[i - s] for i in idx]
+                if zw_none:
+                    _put(self.z["w"], idx, bw)
+                    _put(self.z["buf"], idx, [None] * len(idx))
+                    continue
+                zw = [self.z["w"][i] for i in idx]
+                h = [hvp[i] for i in idx]
+                if wd:
+                    h = torch._foreach_add(h, torch._foreach_mul(zw, wd))
+                if m == 0:
+                    _put(self.z["w"], idx, _mu_affine(mu, zw, eta, h, bw))
+                    continue
+                if not existed:
+                    az_buf = h
+                elif zb_none:
+                    az_buf = _scaled(h, 1 - d)
+                else:
+                    az_buf = torch._foreach_mul([self.z["buf"][i] for i in idx], m)
+                    torch._foreach_add_(az_buf, _scaled(h, 1 - d))
+                az_dir = torch._foreach_add(h, torch._foreach_mul(az_buf, m)) if nest else az_buf
+                _put(self.z["w"], idx, _mu_affine(mu, zw, eta, az_dir, bw))
+                _put(self.z["buf"], idx, _scaled(az_buf, mu))
 
     # torch Adam at step k: g' = g + λw (coupled), m = β1 m + (1−β1) g', v = β2 v + (1−β2) g'²,
     # w ← w − η m̂/D with m̂ = m/(1−β1^k), D = √(v/(1−β2^k)) + ε (AdamW: w ← w(1−ηλ) − η m̂/D). With h = H' Z^w:
     # (AZ)^m = β1 Z^m + (1−β1) h, (AZ)^v = β2 Z^v + 2(1−β2) g'⊙h,
     # (AZ)^w = Z^w − η[(AZ)^m/((1−β1^k) D) − m̂⊙(AZ)^v/(2√v̂ (1−β2^k) D²)] (− ηλ Z^w for AdamW),
     # B^w = −m̂/D (− λ w for AdamW); the moments have no B block (brief §1.2).
-    def _tangent_adam(self, pre: list[dict[str, Any]], hvp: list[Tensor] | None, eta: float) -> None:
+    def _tangent_adam(self, pre: dict[str, Any], hvp: list[Tensor] | None, eta: float) -> None:
         mu = self._mu_tangent
-        for i, p in enumerate(self.params):
-            group = self._group_of[i]
+        state = self.optimizer.state
+        for group, s, e in self._group_slices():
             beta1, beta2 = group["betas"]
             eps, wd = group["eps"], group["weight_decay"]
             decoupled = self._decoupled(group)
-            state = self.optimizer.state[p]
-            k = float(state["step"])
-            bc1, bc2 = 1 - beta1**k, 1 - beta2**k
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m_hat = m / bc1
-            sv = v.sqrt() / math.sqrt(bc2)
-            den = sv + eps
-            b_w = -m_hat / den
+            sts = [state[p] for p in group["params"]]
+            ks = [float(st["step"]) for st in sts]
+            bc1 = [1 - beta1**k for k in ks]
+            bc2 = [1 - beta2**k for k in ks]
+            m_hat = torch._foreach_div([st["exp_avg"] for st in sts], bc1)
+            sv = torch._foreach_sqrt([st["exp_avg_sq"] for st in sts])
+            torch._foreach_div_(sv, [math.sqrt(b) for b in bc2])
+            den = torch._foreach_add(sv, eps)
+            b_w = torch._foreach_neg(m_hat)
+            torch._foreach_div_(b_w, den)
             if decoupled and wd:
-                b_w = b_w - wd * pre[i]["w"]
-            self._b[i] = b_w
-            zw = self.z["w"][i]
-            if hvp is None or mu == 0 or zw is None:
-                self.z["w"][i] = b_w
-                self.z["m"][i] = self.z["v"][i] = None
+                torch._foreach_sub_(b_w, torch._foreach_mul(pre["w"][s:e], wd))
+            self._b[s:e] = b_w
+            if hvp is None or mu == 0:
+                self.z["w"][s:e] = b_w
+                self.z["m"][s:e] = [None] * (e - s)
+                self.z["v"][s:e] = [None] * (e - s)
                 continue
+            keys = [
+                (self.z["w"][i] is None, self.z["m"][i] is None, self.z["v"][i] is None) for i in range(s, e)
+            ]
             coupled_wd = wd if (wd and not decoupled) else 0.0
-            gp = pre[i]["g"] + coupled_wd * pre[i]["w"] if coupled_wd else pre[i]["g"]
-            h = hvp[i] + coupled_wd * zw if coupled_wd else hvp[i]
-            zm, zv = self.z["m"][i], self.z["v"][i]
-            az_m = (1 - beta1) * h if zm is None else beta1 * zm + (1 - beta1) * h
-            az_v = 2 * (1 - beta2) * gp * h
-            if zv is not None:
-                az_v = az_v + beta2 * zv
-            # √v̂ = 0 only where every gradient so far was 0; there the v-term vanishes with its tangent
-            safe_sv = torch.where(sv > 0, sv, torch.ones_like(sv))
-            dv_term = torch.where(
-                sv > 0, m_hat * az_v / (2 * safe_sv * bc2 * den * den), torch.zeros_like(sv)
-            )
-            d_update = az_m / (bc1 * den) - dv_term
-            az_w = zw - eta * d_update
-            if decoupled and wd:
-                az_w = az_w - eta * wd * zw
-            self.z["w"][i] = mu * az_w + b_w
-            self.z["m"][i] = mu * az_m
-            self.z["v"][i] = mu * az_v
+            for (zw_none, zm_none, zv_none), idx in _blocks(keys, s):
+                j = [i - s for i in idx]
+                bw = [b_w[i] for i in j]
+                if zw_none:
+                    _put(self.z["w"], idx, bw)
+                    _put(self.z["m"], idx, [None] * len(idx))
+                    _put(self.z["v"], idx, [None] * len(idx))
+                    continue
+                zw = [self.z["w"][i] for i in idx]
+                gp = [pre["g"][i] for i in idx]
+                h = [hvp[i] for i in idx]
+                if coupled_wd:
+                    wb = [pre["w"][i] for i in idx]
+                    gp = torch._foreach_add(gp, torch._foreach_mul(wb, coupled_wd))
+                    h = torch._foreach_add(h, torch._foreach_mul(zw, coupled_wd))
+                az_m = torch._foreach_mul(h, 1 - beta1)
+                if not zm_none:
+                    az_m = torch._foreach_add(torch._foreach_mul([self.z["m"][i] for i in idx], beta1), az_m)
+                az_v = torch._foreach_mul(gp, 2 * (1 - beta2))
+                torch._foreach_mul_(az_v, h)
+                if not zv_none:
+                    torch._foreach_add_(az_v, torch._foreach_mul([self.z["v"][i] for i in idx], beta2))
+                svb, denb, mhb = [sv[i] for i in j], [den[i] for i in j], [m_hat[i] for i in j]
+                bc1b, bc2b = [bc1[i] for i in j], [bc2[i] for i in j]
+                # √v̂ = 0 only where every gradient so far was 0; there the v-term vanishes with its tangent.
+                # pos = 1 where √v̂ > 0 else 0; √v̂ + (1 − pos) is √v̂ or 1, and ·pos zeroes the term (exactly
+                # torch.where(√v̂ > 0, ·, ·) on finite values)
+                pos = torch._foreach_sign(svb)
+                safe_sv = torch._foreach_neg(pos)
+                torch._foreach_add_(safe_sv, 1.0)
+                torch._foreach_add_(safe_sv, svb)
+                q = torch._foreach_mul(safe_sv, 2)
+                torch._foreach_mul_(q, bc2b)
+                torch._foreach_mul_(q, denb)
+                torch._foreach_mul_(q, denb)
+                dv_term = torch._foreach_mul(mhb, az_v)
+                torch._foreach_div_(dv_term, q)
+                torch._foreach_mul_(dv_term, pos)
+                d_update = torch._foreach_div(az_m, torch._foreach_mul(denb, bc1b))
+                torch._foreach_sub_(d_update, dv_term)
+                az_w = torch._foreach_sub(zw, torch._foreach_mul(d_update, eta))
+                if decoupled and wd:
+                    torch._foreach_sub_(az_w, torch._foreach_mul(zw, eta * wd))
+                z_w = _scaled(az_w, mu, inplace=True)
+                torch._foreach_add_(z_w, bw)
+                _put(self.z["w"], idx, z_w)
+                _put(self.z["m"], idx, _scaled(az_m, mu))
+                _put(self.z["v"], idx, _scaled(az_v, mu))
 
     # the original MuSGD (brief §1.2): η0 in A, weight decay/dampening/Nesterov ignored, first step skipped with
     # momentum (the buffer does not exist yet), the HVP computed even at μ = 0
-    def _tangent_paper(self, pre: list[dict[str, Any]], hvp: list[Tensor] | None, momentum: bool) -> None:
+    def _tangent_paper(self, pre: dict[str, Any], hvp: list[Tensor] | None, momentum: bool) -> None:
         mu, eta0 = self.mu, self.eta0
         first_order = self.first_order
-        for i, _p in enumerate(self.params):
-            group = self._group_of[i]
+        g_all, buf_all = pre["g"], pre["buf"]
+        for group, s, e in self._group_slices():
             m = group["momentum"]
-            g = pre[i]["g"]
-            zw = self.z["w"][i]
-            if not momentum:
-                if zw is None or first_order or hvp is None:
-                    self.z["w"][i] = -g
-                else:
-                    self.z["w"][i] = mu * (zw - eta0 * hvp[i]) - g
-                continue
-            buf = pre[i]["buf"]
-            if buf is None:
-                continue  # iteration 1: no momentum buffer yet, the original leaves Z at 0 (brief B11)
-            direction = m * buf + g
-            if zw is None or first_order or hvp is None:
-                self.z["w"][i] = -direction
-                self.z["buf"][i] = torch.zeros_like(g)
-                continue
-            zb = self.z["buf"][i]
-            self.z["w"][i] = mu * (zw - eta0 * hvp[i] - eta0 * m * zb) - direction
-            self.z["buf"][i] = mu * (hvp[i] + m * zb)
+            keys = [
+                (self.z["w"][i] is None, buf_all[i] is None, self.z["buf"][i] is None) for i in range(s, e)
+            ]
+            for (zw_none, buf_none, _), idx in _blocks(keys, s):
+                g = [g_all[i] for i in idx]
+                fresh = zw_none or first_order or hvp is None
+                if not momentum:
+                    if fresh:
+                        _put(self.z["w"], idx, torch._foreach_neg(g))
+                    else:
+                        zw, h = [self.z["w"][i] for i in idx], [hvp[i] for i in idx]
+                        z_w = torch._foreach_sub(zw, torch._foreach_mul(h, eta0))
+                        torch._foreach_mul_(z_w, mu)
+                        torch._foreach_sub_(z_w, g)
+                        _put(self.z["w"], idx, z_w)
+                    continue
+                if buf_none:
+                    continue  # iteration 1: no momentum buffer yet, the original leaves Z at 0 (brief B11)
+                direction = torch._foreach_mul([buf_all[i] for i in idx], m)
+                torch._foreach_add_(direction, g)
+                if fresh:
+                    _put(self.z["w"], idx, torch._foreach_neg(direction))
+                    _put(self.z["buf"], idx, [torch.zeros_like(x) for x in g])
+                    continue
+                zw, zb, h = (
+                    [self.z["w"][i] for i in idx],
+                    [self.z["buf"][i] for i in idx],
+                    [hvp[i] for i in idx],
+                )
+                z_w = torch._foreach_sub(zw, torch._foreach_mul(h, eta0))
+                torch._foreach_sub_(z_w, torch._foreach_mul(zb, eta0 * m))
+                torch._foreach_mul_(z_w, mu)
+                torch._foreach_sub_(z_w, direction)
+                z_b = torch._foreach_add(h, torch._foreach_mul(zb, m))
+                torch._foreach_mul_(z_b, mu)
+                _put(self.z["w"], idx, z_w)
+                _put(self.z["buf"], idx, z_b)
 
     # ------------------------------------------------------------------ η, β, μ (brief §1.4)
-    def _hyper_step(
-        self, val_loss: Callable[[], Tensor], pre: list[dict[str, Any]], eta_used: float
-    ) -> StepInfo:
+    def _hyper_step(self, val_loss: Callable[[], Tensor], pre: dict[str, Any], eta_used: float) -> StepInfo:
         params = self.params
         with torch.enable_grad():
             e = val_loss()
@@ -407,8 +533,14 @@ class MARTHE:
                 # ⟨∇E(w_{t+1}), B_t⟩: the one-step (HD) hypergradient, from the current tangent when μ = 0
                 dots.append(_dot(gv, self._b))
             else:
-                dots.append(_dot(gv, [x["g"] for x in pre]))
+                dots.append(_dot(gv, pre["g"]))
+        n_dots = len(dots)
+        if self._clip_pending:
+            dots.extend(c.to(torch.float64) for c in self._clip_pending)
+            self._clip_pending = []
         values = torch.stack(dots).tolist()  # the one host sync of the step
+        self.clip_count += int(sum(values[n_dots:]))
+        values = values[:n_dots]
         hg = values[0]
         if self.mode == "default" and not all(math.isfinite(x) for x in values):
             self.skipped += 1

@@ -3,8 +3,9 @@
     .venv/bin/python bench/adatune.py [--part speed|accuracy|all] [--reps 5] [--epochs 10]
 
 Speed: median wall time of one training step (same model, batch, weights, 1 thread) for SGD-momentum,
-SGDHD and MARTHE (μ = 0.9; its HVP is a double backward through the create_graph gradient, and one validation
-forward/backward), on the digits MLP (64-32-10), a 512-512 MLP and CIFAR ResNet-18 (batch 32, 3x32x32).
+SGDHD and MARTHE (μ = 0.9; its HVP is a double backward through the create_graph gradient, its tangent update
+torch._foreach ops, plus one validation forward/backward), on the digits MLP (64-32-10), a 512-512 MLP and CIFAR
+ResNet-18 (batch 32, 3x32x32).
 Accuracy: digits MLP, SGD-momentum 0.9, from lr0 ∈ {0.001, 0.01, 0.1}: MARTHE, RTHO, HD (training loss), and the
 step, exponential and cosine-with-restarts schedules; final test accuracy and the LR at a few epochs.
 """
@@ -27,14 +28,17 @@ from adatune import MARTHE, SGDHD  # noqa: E402
 from common.models import build_model  # noqa: E402
 
 
-def _timed(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
+def _timed(fns: list, reps: int) -> list[float]:
+    """Median wall time of each fn, timed round-robin (load drift on a shared machine hits all alike)."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def speed(reps: int) -> None:
@@ -94,7 +98,7 @@ def speed(reps: int) -> None:
 
         marthe_step()  # the first step has no tangent yet (no HVP): time the steady state
         r = reps if name != "resnet18_cifar" else max(3, reps // 2)
-        ts, th, tm = _timed(sgd_step, r * 4), _timed(hd_step, r * 4), _timed(marthe_step, r * 4)
+        ts, th, tm = _timed([sgd_step, hd_step, marthe_step], r * 4)
         print(f"{name:16s} {ts * 1e3:9.2f} {th * 1e3:9.2f} {tm * 1e3:10.2f} {th / ts:8.2f} {tm / ts:12.2f}")
 
 
