@@ -2,7 +2,8 @@
 # A real one-node SLURM cluster on localhost, for the `slurm` tests and for trying launcher=slurm.
 #
 #   scripts/slurm-local.sh start          # install (Debian packages) if missing, configure, start; idempotent
-#   scripts/slurm-local.sh stop [--purge] # stop every daemon by PID file; --purge also drops job state and accounting
+#   scripts/slurm-local.sh stop [--purge] # stop every daemon by PID file; --purge also drops the job state
+#                                         # (the next start, a cold one, then also drops the accounting database)
 #   scripts/slurm-local.sh status         # the daemons and `sinfo`
 #
 # Runs as root without systemd: munged, MariaDB + slurmdbd (accounting: without it a job killed hard never reports
@@ -119,16 +120,22 @@ start_munge() {
     wait_for 10 munged alive $MUNGE_PID
 }
 
-start_mariadb() {
-    alive $MARIADB_PID && return 0
-    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
-    if [ ! -d /var/lib/mysql/mysql ]; then
-        mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+start_mariadb() {  # start_mariadb [fresh]: fresh also drops the accounting database (cold start)
+    if ! alive $MARIADB_PID; then
+        mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+        if [ ! -d /var/lib/mysql/mysql ]; then
+            mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+        fi
+        mariadbd --user=mysql --datadir=/var/lib/mysql --socket=/run/mysqld/mysqld.sock \
+            --pid-file=$MARIADB_PID --skip-networking=0 --bind-address=127.0.0.1 \
+            >>"$BASE/log/mariadb.log" 2>&1 &
+        wait_for 30 MariaDB mariadb -e "select 1"
     fi
-    mariadbd --user=mysql --datadir=/var/lib/mysql --socket=/run/mysqld/mysqld.sock \
-        --pid-file=$MARIADB_PID --skip-networking=0 --bind-address=127.0.0.1 \
-        >>"$BASE/log/mariadb.log" 2>&1 &
-    wait_for 30 MariaDB mariadb -e "select 1"
+    if [ "${1:-}" = fresh ]; then
+        # job ids restart at 1 with a fresh job state: old accounting records with the same ids would make
+        # sacct (and so submitit) report a new job as long finished
+        mariadb -e "DROP DATABASE IF EXISTS slurm_acct_db;"
+    fi
     mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
                 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
                 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
@@ -158,7 +165,7 @@ cmd_start() {
     [ $cold = 1 ] && rm -rf "$BASE/state" "$BASE/spool"
     write_config
     start_munge
-    start_mariadb
+    if [ $cold = 1 ]; then start_mariadb fresh; else start_mariadb; fi
     start_slurm
     log "running: $(sinfo -h -o '%P %D %t %c CPUs %m MB')"
 }
