@@ -47,12 +47,12 @@ def cfg_factory(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_cli(
-    *args: str, cwd: str | Path, timeout: float = 300, env: dict | None = None
+    *args: str, cwd: str | Path, timeout: float = 300, env: dict | None = None, module: str = "launch"
 ) -> subprocess.CompletedProcess:
-    """``python -m launch <args>`` in a subprocess started in ``cwd``."""
+    """``python -m <module> <args>`` (default ``launch``) in a subprocess started in ``cwd``."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "launch", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,

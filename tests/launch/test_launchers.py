@@ -74,7 +74,7 @@ def test_resweep_relaunches_only_unfinished_jobs_into_their_own_folders(tmp_path
     shutil.rmtree(sweep / "3")  # never started
     assert [i for i, _ in unfinished(sweep)] == [1, 3]
 
-    again = run_cli_module("launch.resweep", str(sweep), cwd=tmp_path)
+    again = run_cli(str(sweep), cwd=tmp_path, module="launch.resweep")
     assert again.returncode == 0, again.stderr[-3000:]
     assert unfinished(sweep) == []
     for i in (0, 2):  # untouched
@@ -84,19 +84,6 @@ def test_resweep_relaunches_only_unfinished_jobs_into_their_own_folders(tmp_path
     rows = collect(sweep)
     assert [r["status"] for r in rows] == ["done"] * 4
     assert len(aggregate_over_seeds(rows)) == 2
-
-
-def run_cli_module(module: str, *args: str, cwd):
-    import os
-    import subprocess
-    import sys
-
-    from common.config import REPO_ROOT
-
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
-    )
 
 
 def test_collect_marks_failed_and_unfinished_jobs(tmp_path):
