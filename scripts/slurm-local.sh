@@ -30,9 +30,9 @@ die() { log "error: $*"; exit 1; }
 alive() {  # alive PIDFILE: true when the PID file names a running process that is not a zombie
     local f=$1 pid state
     [ -s "$f" ] || return 1
-    pid=$(cat "$f")
+    pid=$(cat "$f" 2>/dev/null) || return 1
     [ -r "/proc/$pid/stat" ] || return 1
-    state=$(awk '{print $3}' "/proc/$pid/stat")
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
     [ "$state" != Z ]
 }
 
@@ -173,7 +173,7 @@ cmd_start() {
 stop_pid() {  # stop_pid NAME PIDFILE
     local name=$1 f=$2 pid
     [ -s "$f" ] || return 0
-    pid=$(cat "$f")
+    pid=$(cat "$f" 2>/dev/null) || return 0  # the daemon may remove it while stopping
     if alive "$f"; then
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 50); do alive "$f" || break; sleep 0.1; done
