@@ -41,10 +41,29 @@ def _closure_loss(closure: Callable[[], Any] | None) -> Any:
 
 
 class _HDOptimizer(Optimizer):
+    """What SGDHD and AdamHD share: the mode, and a step that updates each group's LR, then its parameters.
+
+    Subclasses define ``_default_group`` and ``_paper_group`` (one group's LR update and parameter step).
+    """
+
     @property
     def mode(self) -> str:
         """``"default"`` or ``"paper"`` (kept in ``defaults`` so that it survives pickling and deepcopy)."""
         return self.defaults["mode"]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One hypergradient LR update followed by one step of the base rule, for every param group."""
+        loss = _closure_loss(closure)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if self.mode == "paper":
+                self._paper_group(group, params)
+            else:
+                self._default_group(group, params)
+        return loss
 
 
 class SGDHD(_HDOptimizer):
@@ -94,20 +113,6 @@ class SGDHD(_HDOptimizer):
         super().__init__(params, defaults)
         if self.mode == "paper" and len(self.param_groups) != 1:
             raise ValueError("params: mode='paper' supports one param group only (as the original SGDHD)")
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One hypergradient LR update followed by one SGD step."""
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if self.mode == "paper":
-                self._paper_group(group, params)
-            else:
-                self._default_group(group, params)
-        return loss
 
     def _direction(self, group: dict, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         momentum, dampening = group["momentum"], group["dampening"]
@@ -207,20 +212,6 @@ class AdamHD(_HDOptimizer):
             mode=_check_mode(mode),
         )
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One hypergradient LR update followed by one Adam step."""
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if self.mode == "paper":
-                self._paper_group(group, params)
-            else:
-                self._default_group(group, params)
-        return loss
 
     def _default_group(self, group: dict, params: list[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
