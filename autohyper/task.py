@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from autohyper.metrics import NetworkMetrics, conv_weights, network_metrics, response_value
@@ -36,8 +35,9 @@ from autohyper.plot import plot_response
 from autohyper.search import SearchResult, Step, search_lr
 from common.checkpoint import CheckpointManager
 from common.engine import NonFiniteLossError, RunContext, Trainer
-from common.factory import build_scheduler, make_data, make_model
+from common.factory import build_optimizer, build_scheduler, make_data, make_model
 from common.seeding import seed_everything
+from common.task import train_model
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class TrialAgent:
         # improved: every trial from the same initial weights; paper: a fresh init per trial (seeded here)
         seed_everything(cfg.seed if self.mode == "improved" else cfg.seed + 1 + k)
         model = make_model(cfg, self.data, self.ctx.device)
-        optimizer = instantiate(cfg.optimizer, lr=lr)(model.parameters())
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=lr)
         scheduler = build_scheduler(cfg.scheduler, optimizer)
         recorder = MetricsRecorder(model, self.p)
         n_batches = len(self.data.train)
@@ -266,10 +266,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     lr = float(search["lr"])
     seed_everything(cfg.seed)
     model = make_model(cfg, data, ctx.device)
-    optimizer = instantiate(cfg.optimizer, lr=lr)(model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer)
-    trainer = Trainer.from_config(cfg, model, optimizer, data, ctx, scheduler=scheduler, phase="train")
-    results = trainer.fit()
+    results = train_model(cfg, model, data, ctx, lr=lr, phase="train")
     results.update(
         autohyper_lr=lr,
         autohyper_trials=float(search["num_trials"]),

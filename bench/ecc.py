@@ -40,11 +40,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from common.config import CONF_DIR
-from common.engine import RunContext, Trainer, evaluate
-from common.factory import build_optimizer, build_scheduler, make_data
+from common.engine import RunContext, evaluate
+from common.factory import make_data
 from common.logging import format_table
 from common.metrics import count_macs
 from common.models import build_model
+from common.task import train_model
 from ecc.cost import make_backend, sample_widths
 from ecc.energy_model import BilinearEnergyModel, mrae, split_holdout
 from ecc.prune import group_scores, slim, slim_to_widths, width_chain, width_slots
@@ -172,11 +173,7 @@ def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         group_scores(s).argsort(descending=True)[:w].sort().values for s, w in zip(width_slots(dense), widths)
     ]
     net = slim(dense, keep)
-    opt = build_optimizer(cfg.optimizer, net.parameters())
-    Trainer.from_config(
-        cfg, net, opt, data, ctx, scheduler=build_scheduler(cfg.scheduler, opt), epochs=m.finetune_epochs,
-        phase="finetune",
-    ).fit()  # fmt: skip
+    train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})

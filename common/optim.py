@@ -23,14 +23,15 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def build_optimizer(
-    cfg_optimizer: DictConfig | Mapping[str, Any], params: Iterable | torch.nn.Module
+    cfg_optimizer: DictConfig | Mapping[str, Any], params: Iterable | torch.nn.Module, **overrides: Any
 ) -> torch.optim.Optimizer:
     """Instantiate a ``_partial_: true`` optimizer config on ``params`` (parameters, groups, or the model).
 
     Given the model, a factory marked ``takes_model = True`` (e.g. ``ecco.build``, which hooks layers for
     activation limiting) receives the model itself; every other optimizer receives ``model.parameters()``.
+    ``overrides`` replace config values (e.g. ``lr=`` for a learning rate found by a search).
     """
-    factory = instantiate(cfg_optimizer)
+    factory = instantiate(cfg_optimizer, **overrides)
     if isinstance(params, torch.nn.Module):
         target = getattr(factory, "func", factory)
         return factory(params if getattr(target, "takes_model", False) else params.parameters())

@@ -24,8 +24,9 @@ from omegaconf import DictConfig
 
 from common.checkpoint import load_verified, save_atomic
 from common.engine import RunContext, Trainer, evaluate
-from common.factory import build_optimizer, build_scheduler, make_data, make_model
+from common.factory import make_data, make_model
 from common.metrics import count_macs, count_parameters
+from common.task import train_model
 from ecc.admm import BudgetMet, ECCState, ECCStep, primal_param_groups
 from ecc.cost import CostBackend, collect_cost_data, make_backend
 from ecc.energy_model import BilinearEnergyModel, split_holdout
@@ -61,11 +62,7 @@ def phase_dense(cfg: DictConfig, ctx: RunContext, data: Any) -> torch.nn.Module:
     elif path.exists():
         model.load_state_dict(load_verified(path)["model"])
     else:
-        opt = build_optimizer(cfg.optimizer, model.parameters())
-        Trainer.from_config(
-            cfg, model, opt, data, ctx, scheduler=build_scheduler(cfg.scheduler, opt),
-            epochs=m.pretrain_epochs, phase="pretrain",
-        ).fit()  # fmt: skip
+        train_model(cfg, model, data, ctx, epochs=m.pretrain_epochs, phase="pretrain")
         save_atomic({"model": model.state_dict()}, path)
     return model
 
@@ -202,11 +199,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         if ft_path.exists():
             slim_net.load_state_dict(load_verified(ft_path)["model"])
         else:
-            opt = build_optimizer(cfg.optimizer, slim_net.parameters())
-            Trainer.from_config(
-                cfg, slim_net, opt, data, ctx, scheduler=build_scheduler(cfg.scheduler, opt),
-                epochs=m.finetune_epochs, phase="finetune",
-            ).fit()  # fmt: skip
+            train_model(cfg, slim_net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
             save_atomic({"model": slim_net.state_dict(), "widths": widths}, ft_path)
     final_eval = evaluate(slim_net, data.test, task=data.task, device=ctx.device)
 
