@@ -101,6 +101,8 @@ def validate(cfg: DictConfig) -> None:
         _check_bool(cfg, key)
     if _get(cfg, "trainer.amp_dtype") not in ("float16", "bfloat16"):
         raise ConfigError(f"trainer.amp_dtype must be float16 or bfloat16, got {cfg.trainer.amp_dtype!r}")
+    if _get(cfg, "trainer.select") not in (None, "last", "best_val"):
+        raise ConfigError(f"trainer.select must be last or best_val, got {cfg.trainer.select!r}")
     device = str(_get(cfg, "trainer.device"))
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {device!r}")

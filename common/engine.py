@@ -155,9 +155,18 @@ class Trainer:
         step_fn: replaces the default optimisation step: ``step_fn(x, y) -> (loss, output)``, both detached;
             methods with their own update (hypergradient tuners, local losses) pass one.
         extra_state: more objects with ``state_dict``/``load_state_dict`` to checkpoint (e.g. an LR tuner).
+        pipeline: an asynchronous replacement of ``step_fn`` (e.g. ``sedona.pipeline.BlockPipeline``), or None.
+            ``pipeline.submit(x, y)`` starts the step of a batch; ``pipeline.poll()`` returns the
+            ``(loss, output, y)`` of the batches completed since (in submission order, without waiting) and
+            ``pipeline.drain()`` those of all the batches still in flight, after waiting for them. The epoch's
+            sums are taken from these results; every checkpoint and every epoch end drains first, so
+            ``batch``/``global_step`` count completed steps there and resume is exact.
         phase: name of this phase; a checkpoint of another phase is not resumed here.
         amp, amp_dtype, grad_clip, log_every_steps, checkpoint_every_min, checkpoint_every_steps,
         checkpoint_min_interval_s, limit_train_batches, limit_eval_batches, eval_every_epochs, resume: as in ``conf/trainer``.
+        select: which weights are tested at the end: ``last`` (the final ones) or ``best_val`` (those of the
+            epoch with the best validation accuracy, or the lowest validation loss for regression; the best
+            state is kept in the checkpoint, so a resumed run selects among all its epochs).
     """
 
     def __init__(
@@ -171,6 +180,7 @@ class Trainer:
         scheduler: Any | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         step_fn: StepFn | None = None,
+        pipeline: Any | None = None,
         extra_state: Mapping[str, Stateful] | None = None,
         phase: str = "train",
         amp: bool = False,
@@ -184,6 +194,7 @@ class Trainer:
         limit_eval_batches: int | None = None,
         eval_every_epochs: int = 1,
         resume: bool = True,
+        select: str = "last",
     ):
         self.model = model
         self.dist = ctx.dist
@@ -208,6 +219,7 @@ class Trainer:
         self.task = data.task
         self.loss_fn = loss_fn or default_loss(self.task)
         self.step_fn = step_fn or self.default_step
+        self.pipeline = pipeline
         self.extra_state = dict(extra_state or {})
         self.phase = phase
         self.amp = amp and self.device.type in ("cuda", "cpu")
@@ -221,6 +233,13 @@ class Trainer:
         self.limit_eval_batches = limit_eval_batches
         self.eval_every_epochs = eval_every_epochs
         self.resume = resume
+        if select not in ("last", "best_val"):
+            raise ValueError(f"trainer.select must be last or best_val, got {select!r}")
+        if select == "best_val" and data.val is None:
+            raise ValueError("trainer.select=best_val needs a validation split (dataset.val_size > 0)")
+        self.select = select
+        # best_val: {"epoch", "metric", "model"} of the best validated epoch so far
+        self.best: dict[str, Any] | None = None
         use_scaler = self.amp and self.device.type == "cuda" and amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # NaN checks cost a host sync on CUDA: every step on CPU (free), at log points on CUDA; with several
@@ -257,6 +276,7 @@ class Trainer:
             limit_eval_batches=t.limit_eval_batches,
             eval_every_epochs=t.eval_every_epochs,
             resume=t.resume,
+            select=t.get("select", "last"),
         )
         if "loss_fn" not in kw:
             settings["loss_fn"] = default_loss(data.task, t.label_smoothing)
@@ -327,6 +347,7 @@ class Trainer:
                 "seen": self._seen,
             },
             "history": self.history,
+            "best": self.best,
             "rng": rng_state(),
         }
 
@@ -344,6 +365,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.history = list(state["history"])
+        self.best = state.get("best")
         sums = state["epoch_sums"]
         self._loss_sum = sums["loss_sum"].to(self.device)
         self._correct = sums["correct"].to(self.device)
@@ -353,6 +375,7 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def save(self) -> None:
+        self._drain_pipeline()
         self._check_finite()
         state = self.state_dict()
         if self.dist.is_main:
@@ -453,12 +476,13 @@ class Trainer:
             if self.batch >= n:
                 break
             x, y = self.dist.shard(x), self.dist.shard(y)
-            loss, out = self.step_fn(x, y)
-            bs = y.shape[0]
-            self._loss_sum += loss.double() * bs
-            if out is not None and self.task == "classification":
-                self._correct += (out.argmax(dim=-1) == y).sum()
-            self._seen += bs
+            if self.pipeline is None:
+                loss, out = self.step_fn(x, y)
+                self._accumulate(loss, out, y)
+            else:  # asynchronous: the sums follow the completed batches
+                self.pipeline.submit(x, y)
+                for result in self.pipeline.poll():
+                    self._accumulate(*result)
             self.batch += 1
             self.global_step += 1
             if self.global_step % self.check_every == 0:
@@ -470,7 +494,21 @@ class Trainer:
             if self.batch < n and self._save_due():
                 self.save()
             self._stop_if_asked()
+        self._drain_pipeline()
         bar.close()
+
+    def _accumulate(self, loss: torch.Tensor, out: torch.Tensor | None, y: torch.Tensor) -> None:
+        bs = y.shape[0]
+        self._loss_sum += loss.double() * bs
+        if out is not None and self.task == "classification":
+            self._correct += (out.argmax(dim=-1) == y).sum()
+        self._seen += bs
+
+    def _drain_pipeline(self) -> None:
+        # wait for every submitted batch (before a checkpoint or the epoch's end); no-op without a pipeline
+        if self.pipeline is not None:
+            for result in self.pipeline.drain():
+                self._accumulate(*result)
 
     def _save_due(self) -> bool:
         if self.checkpoint_every_steps and self.global_step % self.checkpoint_every_steps == 0:
@@ -498,6 +536,8 @@ class Trainer:
         last = self.epoch + 1 == self.epochs
         if self.data.val is not None and ((self.epoch + 1) % self.eval_every_epochs == 0 or last):
             metrics.update(self.evaluate(self.data.val, "val"))
+            if self.select == "best_val":
+                self._keep_if_best(metrics)
         metrics["time_s"] = self.elapsed
         if self.scheduler is not None:
             self.scheduler.step()
@@ -520,6 +560,14 @@ class Trainer:
         if self.epoch == self.epochs or not recent:
             self.save()
 
+    def _keep_if_best(self, metrics: Mapping[str, Any]) -> None:
+        # accuracy for classification (higher is better), loss otherwise; ties keep the earlier epoch
+        key = "val_acc" if "val_acc" in metrics else "val_loss"
+        score = metrics[key] if key == "val_acc" else -metrics[key]
+        if self.best is None or score > self.best["metric"]:
+            model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best = {"epoch": self.epoch + 1, "metric": score, "key": key, "model": model}
+
     def evaluate(self, loader: Any, prefix: str) -> dict[str, float]:
         return evaluate(
             self.model,
@@ -541,6 +589,10 @@ class Trainer:
             vals = [h["val_acc"] for h in self.history if "val_acc" in h]
             if vals:
                 final["best_val_acc"] = max(vals)
+        if self.select == "best_val" and self.best is not None:
+            # test the selected weights; the model is left holding them (what a caller saves next)
+            self.model.load_state_dict(self.best["model"])
+            final["selected_epoch"] = float(self.best["epoch"])
         final.update(self.evaluate(self.data.test, "test"))
         final["epochs"] = self.epoch
         final["steps"] = self.global_step
