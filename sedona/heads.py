@@ -61,7 +61,14 @@ class AuxHead(nn.Module):
 
     def loss(self, h: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """The local loss of this head on the unit output ``h``."""
-        return smoothed_cross_entropy(self(h), y, label_smoothing)
+        return self.forward_loss(h, y, label_smoothing)[0]
+
+    def forward_loss(
+        self, h: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local loss, logits) from one forward of the head (its BatchNorm statistics move once per step)."""
+        logits = self(h)
+        return smoothed_cross_entropy(logits, y, label_smoothing), logits
 
 
 class MLPSR(AuxHead):
@@ -129,11 +136,14 @@ class PredSim(AuxHead):
         """Logits of the pred head."""
         return self.pred(self.pool(h).flatten(1))
 
-    def loss(self, h: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        """0.01·CE + 0.99·MSE of similarity matrices (``label_smoothing`` is ignored: PredSim uses plain CE)."""
+    def forward_loss(
+        self, h: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(0.01·CE + 0.99·MSE of similarity matrices, logits); ``label_smoothing`` is ignored: plain CE."""
         target = similarity_matrix(F.one_hot(y, self.num_classes).to(h.dtype))
         sim = F.mse_loss(similarity_matrix(self.sim(h)), target)
-        return 0.01 * F.cross_entropy(self(h), y) + 0.99 * sim
+        logits = self(h)
+        return 0.01 * F.cross_entropy(logits, y) + 0.99 * sim, logits
 
 
 class InvertedResidual(nn.Module):

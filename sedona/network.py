@@ -217,6 +217,15 @@ def sedona_resnet(
 ORIGINAL_ARCHS = ("vgg19", *RESNET_LAYERS)
 
 
+def _to_module(h: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``h`` on the device of ``module``'s first parameter or buffer (unchanged, no copy, when already there)."""
+    for t in module.parameters():
+        return h.to(t.device)
+    for t in module.buffers():
+        return h.to(t.device)
+    return h
+
+
 class DecoupledNet(nn.Module):
     """L units, the classifier on unit L−1, and auxiliary heads at (some of) the L − 1 decoupling points.
 
@@ -303,10 +312,14 @@ class DecoupledNet(nn.Module):
             raise ValueError(f"the last block must end at unit {self.num_units - 1}, got {cfg.block_ends}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain end-to-end forward pass (the classifier's logits)."""
+        """The plain end-to-end forward pass (the classifier's logits, on ``x``'s device).
+
+        The units may sit on different devices (``sedona.pipeline.place_blocks``): the activation follows them.
+        """
+        h = x
         for unit in self.units:
-            x = unit(x)
-        return self.classifier(x)
+            h = unit(_to_module(h, unit))
+        return self.classifier(_to_module(h, self.classifier)).to(x.device)
 
     def block_outputs(
         self, x: torch.Tensor, y: torch.Tensor, cfg: Decoupling
@@ -317,29 +330,41 @@ class DecoupledNet(nn.Module):
         graph before the next one is built, which is what makes per-block backward save memory.
         """
         self._check(cfg)
-        start = 0
         h = x
-        for b, end in enumerate(cfg.block_ends):
+        for b in range(cfg.num_blocks):
             if b > 0:
                 h = h.detach()
-            for i in range(start, end + 1):
-                h = self.units[i](h)
-            if b == cfg.num_blocks - 1:
-                logits = self.classifier(h)
-                loss = smoothed_cross_entropy(logits, y, self.label_smoothing)
-            else:
-                if str(end) not in self.aux:
-                    raise KeyError(f"no auxiliary head after unit {end}: call set_decoupling(cfg) first")
-                head = self.aux[str(end)]
-                want = cfg.heads[b] or self.default_aux
-                if getattr(head, "kind", want) != want:
-                    raise ValueError(
-                        f"the head after unit {end} is {head.kind!r}, the decoupling asks {want!r}"
-                    )
-                logits = head(h)
-                loss = head.loss(h, y, self.label_smoothing)
+            h, loss, logits = self.block_forward(b, h, y, cfg)
             yield loss, logits
-            start = end + 1
+            # the caller has the loss and logits now: while the next block is built, hold only its input
+            del loss, logits
+
+    def block_forward(
+        self, b: int, h: torch.Tensor, y: torch.Tensor, cfg: Decoupling
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block ``b`` alone on its input ``h`` (used as given: detach it first): (output, loss, logits).
+
+        ``h`` is moved to each unit's device and ``y`` to the head's (no-ops when they are already there); the
+        loss and logits are on the head's device (the classifier's for the last block).
+        """
+        start = cfg.block_ends[b - 1] + 1 if b > 0 else 0
+        end = cfg.block_ends[b]
+        for i in range(start, end + 1):
+            h = self.units[i](_to_module(h, self.units[i]))
+        if b == cfg.num_blocks - 1:
+            z = _to_module(h, self.classifier)
+            logits = self.classifier(z)
+            loss = smoothed_cross_entropy(logits, y.to(logits.device), self.label_smoothing)
+        else:
+            if str(end) not in self.aux:
+                raise KeyError(f"no auxiliary head after unit {end}: call set_decoupling(cfg) first")
+            head = self.aux[str(end)]
+            want = cfg.heads[b] or self.default_aux
+            if getattr(head, "kind", want) != want:
+                raise ValueError(f"the head after unit {end} is {head.kind!r}, the decoupling asks {want!r}")
+            z = _to_module(h, head)
+            loss, logits = head.forward_loss(z, y.to(z.device), self.label_smoothing)
+        return h, loss, logits
 
     def local_losses(self, x: torch.Tensor, y: torch.Tensor, cfg: Decoupling) -> list[torch.Tensor]:
         """The K block losses of one forward pass; no gradient crosses a block boundary."""
@@ -366,9 +391,9 @@ class DecoupledNet(nn.Module):
         logits, start, h = [], 0, x
         for b, end in enumerate(cfg.block_ends):
             for i in range(start, end + 1):
-                h = self.units[i](h)
+                h = self.units[i](_to_module(h, self.units[i]))
             head = self.classifier if b == cfg.num_blocks - 1 else self.aux[str(end)]
-            logits.append(head(h))
+            logits.append(head(_to_module(h, head)).to(x.device))
             start = end + 1
         total = sum(F.log_softmax(z, dim=-1) for z in logits[-n:])
         return F.log_softmax(total, dim=-1)

@@ -2,13 +2,17 @@
 
 * :class:`SearchNet`: the units and classifier of a :class:`~sedona.network.DecoupledNet` with a
   :class:`MixedHead` (the β-weighted mixture of the light-conv candidates) after every unit but the last;
-  ``SearchNet(x, y, alpha, beta, scales)`` is the relaxed training loss 𝓛(θ; α, β) (brief §1.4).
+  ``SearchNet(x, y, alpha, beta, scales)`` is the relaxed training loss 𝓛(θ; α, β) (brief §1.4). With one
+  head kind and ``beta=None`` (the original's ``--no-beta``: ``method.search_beta=false``) every cut uses that
+  head, not a mixture, and only α is searched.
 * :func:`relaxed_grads` / :func:`sgd_momentum_update` / :func:`hypergradient`: T inner SGD-momentum steps written
   with :func:`torch.func.functional_call`, differentiated with respect to (α, β) by backprop through the unroll,
   with the original's objective (``train_last``) or the paper's (``val``).
 * :class:`WeightMemory`: the states of a pretraining run the meta-loop samples from (brief §1.5).
-* :func:`run`: ``method=sedona_search``: pretraining → search → (optional) evaluation of the found decoupling,
-  each phase resumable, artifacts under ``<output_dir>/search/``.
+* :func:`run`: ``method=sedona_search``: pretraining → search → (optional) evaluation of the found decoupling
+  (``method.eval_mode=discrete``: a fresh K-block net, ``method=sedona``) or of the relaxed net itself
+  (``continuous``: the original's ``--eval-continuous``, :func:`evaluate_continuous`), each phase resumable,
+  artifacts under ``<output_dir>/search/`` and ``<output_dir>/eval/``.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ from torch.func import functional_call
 from common.checkpoint import CheckpointManager, load_verified, save_atomic
 from common.engine import RunContext, Trainer
 from sedona.heads import build_head, smoothed_cross_entropy
-from sedona.network import DecoupledNet, sedona_init, select_decoupling
+from sedona.network import DecoupledNet, Decoupling, sedona_init, select_decoupling
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = ("conv1", "conv2", "conv3", "conv4")
+# the heads ``method.search_beta=false`` can fix at every cut: logits heads, which the output scale s_l
+# applies to (PredSim's similarity loss has no logits to scale). The original's --no-beta uses its
+# --baseline-dec-type, default mlp_sr.
+FIXED_HEADS = ("mlp_sr", "conv1", "conv2", "conv3", "conv4")
+EVAL_MODES = ("discrete", "continuous")
 SCALE_EPS = 1e-5  # s_l = 1 / (p_l + 1e-5), the original's output scale
 
 Params = dict[str, torch.Tensor]
@@ -68,8 +77,15 @@ class MixedHead(nn.Module):
             [build_head(k, channels, spatial, num_classes, feat_mult) for k in self.kinds]
         )
 
-    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """β-weighted logits; ``weights`` = softmax(β_l) (one entry per candidate)."""
+    def forward(self, h: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """β-weighted logits; ``weights`` = softmax(β_l) (one entry per candidate).
+
+        ``weights=None`` (no β: ``--no-beta``) is the logits of the single candidate, not a mixture.
+        """
+        if weights is None:
+            if len(self.candidates) != 1:
+                raise ValueError(f"without beta a cut needs exactly one head kind, got {self.kinds}")
+            return self.candidates[0](h)
         return sum(w * g(h) for w, g in zip(weights, self.candidates, strict=True))
 
 
@@ -100,8 +116,9 @@ class SearchNet(nn.Module):
         𝓛 = Σ_{l<L−1} (Π_{j<l} q_j) p_l ℓ_l + (Π_{j<L−1} q_j) ℓ_{L−1},
         ℓ_l = CE_ls(s_l · g_l(h_l / s_l), y),  g_l = Σ_k softmax(β_l)_k g_{l,k},
 
-    with no detach anywhere. The parameters of unit l (its encoder and its head; the classifier is unit L−1's)
-    form group l (:attr:`groups`) for the rescaling of :func:`relaxed_grads`.
+    with no detach anywhere; ``beta=None`` needs a single head kind, and g_l is that head (``--no-beta``). The
+    parameters of unit l (its encoder and its head; the classifier is unit L−1's) form group l (:attr:`groups`)
+    for the rescaling of :func:`relaxed_grads`.
 
     Args:
         net: the decoupled net whose units and classifier are used (its own heads are not).
@@ -151,7 +168,7 @@ class SearchNet(nn.Module):
                 x = unit(x)
             return self.classifier(x)
         p, q = cut_probabilities(alpha)
-        mix = torch.softmax(beta, dim=-1)
+        mix = None if beta is None else torch.softmax(beta, dim=-1)
         scales = output_scales(alpha) if scales is None else scales
         total = x.new_zeros(())
         path = x.new_ones(())  # Π_{j<l} q_j
@@ -162,7 +179,8 @@ class SearchNet(nn.Module):
             if i < last:
                 s = scales[i]
                 # the output scale acts as a temperature that undoes p_l's shrinking of the local signal (§1.4)
-                loss = smoothed_cross_entropy(s * self.mixed[i](h / s, mix[i]), y, self.label_smoothing)
+                g = self.mixed[i](h / s, None if mix is None else mix[i])
+                loss = smoothed_cross_entropy(s * g, y, self.label_smoothing)
                 total = total + path * p[i] * loss
                 path = path * q[i]
         logits = self.classifier(h)
@@ -176,7 +194,7 @@ def relaxed_grads(
     buffers: Params,
     batch: tuple[torch.Tensor, torch.Tensor],
     alpha: torch.Tensor,
-    beta: torch.Tensor,
+    beta: torch.Tensor | None,
     scales: torch.Tensor,
     create_graph: bool,
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
@@ -184,12 +202,14 @@ def relaxed_grads(
 
     With ``create_graph`` the gradients (and the divisor, a function of α) stay differentiable, as in the
     original's inner loop; otherwise α and β enter as constants (the original's real steps use ``alpha.data``).
+    ``beta=None``: no β (a single head kind at every cut, ``--no-beta``).
 
     Returns:
         (gradients by name, 𝓛, classifier logits).
     """
     if not create_graph:
-        alpha, beta = alpha.detach(), beta.detach()
+        alpha = alpha.detach()
+        beta = None if beta is None else beta.detach()
     loss, logits = functional_call(model, (params, buffers), (batch[0], batch[1], alpha, beta, scales))
     names = list(params)
     raw = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
@@ -240,7 +260,7 @@ def hypergradient(
     state: dict[str, Any],
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     alpha: torch.Tensor,
-    beta: torch.Tensor,
+    beta: torch.Tensor | None,
     *,
     lr: float,
     momentum: float = 0.9,
@@ -248,7 +268,7 @@ def hypergradient(
     objective: str = "train_last",
     val_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     scales: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The meta-step's outer objective and its gradient w.r.t. (α, β), by backprop through T unrolled steps.
 
     Starting from ``state`` (``params``, ``buffers``, ``momenta``; never modified), T = ``len(batches)``
@@ -261,10 +281,11 @@ def hypergradient(
       statistics frozen during the inner steps so that the hypergradient is exact.
 
     Args:
+        beta: the head logits, or None when β is not searched (one head kind, ``--no-beta``).
         scales: the output scales s_l; default from α's value (held fixed: a stop-gradient in the original).
 
     Returns:
-        (objective, ∂/∂α, ∂/∂β).
+        (objective, ∂/∂α, ∂/∂β); ∂/∂β is None when ``beta`` is None.
     """
     if objective not in ("train_last", "val"):
         raise ValueError(f"objective must be train_last or val, got {objective!r}")
@@ -292,9 +313,12 @@ def hypergradient(
                 value = smoothed_cross_entropy(logits, val_batch[1], model.label_smoothing)
     finally:
         model.train(was)
-    d_alpha, d_beta = torch.autograd.grad(value, [alpha, beta], allow_unused=True)
-    d_alpha = torch.zeros_like(alpha) if d_alpha is None else d_alpha
-    d_beta = torch.zeros_like(beta) if d_beta is None else d_beta
+    variables = [alpha] if beta is None else [alpha, beta]
+    grads = torch.autograd.grad(value, variables, allow_unused=True)
+    d_alpha = torch.zeros_like(alpha) if grads[0] is None else grads[0]
+    if beta is None:
+        return value.detach(), d_alpha, None
+    d_beta = torch.zeros_like(beta) if grads[1] is None else grads[1]
     return value.detach(), d_alpha, d_beta
 
 
@@ -303,7 +327,7 @@ def relaxed_step(
     state: dict[str, Any],
     batch: tuple[torch.Tensor, torch.Tensor],
     alpha: torch.Tensor,
-    beta: torch.Tensor,
+    beta: torch.Tensor | None,
     *,
     lr: float,
     momentum: float,
@@ -323,6 +347,34 @@ def relaxed_step(
         "step": int(state.get("step", 0)) + 1,
         "error": float(state.get("error", float("nan"))),
     }, loss.detach()
+
+
+def relaxed_train_step(
+    model: SearchNet,
+    optimizer: Any,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    scales: torch.Tensor,
+    prefix: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One in-place step of a live model on 𝓛 (the original's ``continuous_train_step``).
+
+    The gradient of unit l's group is divided by ``prefix[l]`` = Π_{j<l} q_j (constants from α's value), as in
+    :func:`relaxed_grads` without ``create_graph``. Used by the pretraining and the continuous evaluation.
+
+    Returns:
+        (𝓛, classifier logits), detached.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss, logits = model(batch[0], batch[1], alpha, beta, scales)
+    loss.backward()
+    with torch.no_grad():  # the per-unit rescaling of §1.4 (one param group per unit in the original)
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                p.grad.div_(prefix[model.groups[n]])
+    optimizer.step()
+    return loss.detach(), logits.detach()
 
 
 # ------------------------------------------------------------------------------------- the weight memory
@@ -480,9 +532,40 @@ def _batch_error(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> 
     return err
 
 
+def searches_beta(cfg: DictConfig) -> bool:
+    """``method.search_beta`` (default true); false is the original's ``--no-beta``."""
+    value = cfg.method.get("search_beta", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"method.search_beta must be true or false, got {value!r}")
+    return value
+
+
+def head_kinds(cfg: DictConfig) -> tuple[str, ...]:
+    """The heads at every cut: ``method.candidates`` (β searched) or ``(method.fixed_head,)`` (no β)."""
+    if searches_beta(cfg):
+        return tuple(cfg.method.candidates)
+    fixed = str(cfg.method.get("fixed_head", "mlp_sr"))
+    if fixed not in FIXED_HEADS:
+        raise ValueError(
+            f"method.fixed_head must be one of {FIXED_HEADS} (a logits head the output scale applies to), "
+            f"got {fixed!r}"
+        )
+    return (fixed,)
+
+
+def initial_beta(model: SearchNet, search_beta: bool, requires_grad: bool = False) -> torch.Tensor | None:
+    """β = 0 (one column per candidate), or None when β is not searched."""
+    if not search_beta:
+        return None
+    ref = next(model.parameters())
+    beta = torch.zeros(model.num_units - 1, len(model.kinds), device=ref.device, dtype=ref.dtype)
+    return beta.requires_grad_(requires_grad)
+
+
 def pretrain(cfg: DictConfig, model: SearchNet, data: Any, ctx: RunContext, folder: Path) -> WeightMemory:
     """Phase 1 (``init_memory.py``): relaxed training at α = 0, β = 0 (p = ½, unweighted head average).
 
+    With ``search_beta=false`` the single fixed head at every cut (the memory holds that head set).
     SGD-momentum on the per-iteration clipped cosine; every ``snapshot_every`` steps the state and its error on
     one validation batch go into the memory. Resumable (a ``Trainer`` in ``search/pretrain``).
     """
@@ -492,27 +575,19 @@ def pretrain(cfg: DictConfig, model: SearchNet, data: Any, ctx: RunContext, fold
     opt = torch.optim.SGD(model.parameters(), lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
     ref = next(model.parameters())
     alpha = torch.zeros(model.num_units - 1, 2, device=ref.device, dtype=ref.dtype)
-    beta = torch.zeros(model.num_units - 1, len(model.kinds), device=ref.device, dtype=ref.dtype)
+    beta = initial_beta(model, searches_beta(cfg))
     scales, prefix = output_scales(alpha), prefix_products(alpha)
     t_max = int(m.cosine_iters) if m.cosine_iters else _total_steps(cfg, data, m.pretrain_epochs)
     val = BatchStream(data.val)
-    params = dict(model.named_parameters())
 
     def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for g in opt.param_groups:
             g["lr"] = clipped_cosine(pstate.step, m.lr, m.lr_min, t_max)
-        opt.zero_grad(set_to_none=True)
-        loss, logits = model(x, y, alpha, beta, scales)
-        loss.backward()
-        with torch.no_grad():  # the per-unit rescaling of §1.4 (one param group per unit in the original)
-            for n, p in params.items():
-                if p.grad is not None:
-                    p.grad.div_(prefix[model.groups[n]])
-        opt.step()
+        loss, logits = relaxed_train_step(model, opt, (x, y), alpha, beta, scales, prefix)
         pstate.step += 1
         if pstate.step % int(m.snapshot_every) == 0:
             memory.push(snapshot(model, opt, pstate.step, _batch_error(model, val.next())))
-        return loss.detach(), logits.detach()
+        return loss, logits
 
     trainer = Trainer.from_config(
         cfg,
@@ -535,16 +610,15 @@ def pretrain(cfg: DictConfig, model: SearchNet, data: Any, ctx: RunContext, fold
 def search(
     cfg: DictConfig, model: SearchNet, data: Any, memory: WeightMemory, state_path: Path
 ) -> dict[str, Any]:
-    """Phase 2 (``search.py``): ``meta_iters`` meta-steps with Adam on (α, β); resumable from ``state_path``."""
+    """Phase 2 (``search.py``): ``meta_iters`` meta-steps with Adam on (α, β); resumable from ``state_path``.
+
+    With ``search_beta=false`` (``--no-beta``) there is no β: Adam holds α only and the result's β is None.
+    """
     m = cfg.method
     ref = next(model.parameters())
     alpha = torch.zeros(model.num_units - 1, 2, device=ref.device, dtype=ref.dtype, requires_grad=True)
-    beta = torch.zeros(
-        model.num_units - 1, len(model.kinds), device=ref.device, dtype=ref.dtype, requires_grad=True
-    )
-    meta_opt = torch.optim.Adam(
-        [alpha, beta], lr=m.meta_lr, betas=tuple(m.meta_betas), weight_decay=m.meta_weight_decay
-    )
+    beta = initial_beta(model, searches_beta(cfg), requires_grad=True)
+    meta_opt = meta_optimizer(cfg, alpha, beta)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     train, val = BatchStream(data.train), BatchStream(data.val)
     t_max = int(m.cosine_iters) if m.cosine_iters else _total_steps(cfg, data, m.pretrain_epochs)
@@ -552,9 +626,14 @@ def search(
     start = 0
     if state_path.exists():
         st = load_verified(state_path)
+        if (st.get("beta") is None) != (beta is None):
+            raise ValueError(
+                f"{state_path} was written with another method.search_beta: remove it to restart"
+            )
         with torch.no_grad():
             alpha.copy_(st["alpha"])
-            beta.copy_(st["beta"])
+            if beta is not None:
+                beta.copy_(st["beta"])
         meta_opt.load_state_dict(st["meta_opt"])
         memory.load_state_dict(st["memory"])
         gen.set_state(st["generator"])
@@ -568,7 +647,7 @@ def search(
         save_atomic(
             {
                 "alpha": alpha.detach(),
-                "beta": beta.detach(),
+                "beta": None if beta is None else beta.detach(),
                 "meta_opt": meta_opt.state_dict(),
                 "memory": memory.state_dict(),
                 "generator": gen.get_state(),
@@ -600,7 +679,9 @@ def search(
             val_batch=val_batch,
         )
         meta_opt.zero_grad(set_to_none=True)
-        alpha.grad, beta.grad = d_alpha, d_beta
+        alpha.grad = d_alpha
+        if beta is not None:
+            beta.grad = d_beta
         meta_opt.step()
         # advance the popped state by one ordinary step with the new (α, β) and put it back (brief §1.5 step 6)
         entry, _ = relaxed_step(
@@ -621,53 +702,89 @@ def search(
             )
         if (it + 1) % int(m.checkpoint_every) == 0 or it + 1 == int(m.meta_iters):
             save(it + 1)
-    return {"alpha": alpha.detach().cpu(), "beta": beta.detach().cpu(), "history": history}
+    return {
+        "alpha": alpha.detach().cpu(),
+        "beta": None if beta is None else beta.detach().cpu(),
+        "history": history,
+    }
 
 
-def decoupling_result(alpha: torch.Tensor, beta: torch.Tensor, kinds: Sequence[str], meta: dict) -> dict:
-    """``decoupling.json``: α, β, p, and the block ends and heads for K = 2, 4, 8, 16 where K ≤ L."""
+def meta_optimizer(cfg: DictConfig, alpha: torch.Tensor, beta: torch.Tensor | None) -> torch.optim.Adam:
+    """Adam(meta_lr, meta_betas, meta_weight_decay) on α and β, or on α only when ``beta`` is None."""
+    m = cfg.method
+    variables = [alpha] if beta is None else [alpha, beta]
+    return torch.optim.Adam(
+        variables, lr=m.meta_lr, betas=tuple(m.meta_betas), weight_decay=m.meta_weight_decay
+    )
+
+
+def decoupling_result(
+    alpha: torch.Tensor, beta: torch.Tensor | None, kinds: Sequence[str], meta: dict
+) -> dict:
+    """``decoupling.json``: α, β, p, and the block ends and heads for K = 2, 4, 8, 16 where K ≤ L.
+
+    ``beta=None`` (``--no-beta``, one head kind): ``beta`` and ``head_weights`` are null, ``fixed_head`` is
+    that kind and every cut of every split names it (not null, which ``method=sedona`` would read as its own
+    ``aux``).
+    """
     num_units = alpha.shape[0] + 1
     p, _ = cut_probabilities(alpha.double())
+    if beta is None and len(kinds) != 1:
+        raise ValueError(f"without beta the search has exactly one head kind, got {tuple(kinds)}")
     splits = {}
     for k in (2, 4, 8, 16):
         if k <= num_units:
-            splits[str(k)] = select_decoupling(alpha, beta, k, kinds).to_dict()
+            dec = select_decoupling(alpha, beta, k, kinds)
+            if beta is None:
+                dec = Decoupling(dec.block_ends, (kinds[0],) * len(dec.cuts))
+            splits[str(k)] = dec.to_dict()
     return {
         **meta,
         "num_units": num_units,
         "candidates": list(kinds),
+        "search_beta": beta is not None,
+        "fixed_head": None if beta is not None else kinds[0],
         "alpha": alpha.tolist(),
-        "beta": beta.tolist(),
+        "beta": None if beta is None else beta.tolist(),
         "cut_probability": p.tolist(),
-        "head_weights": torch.softmax(beta.double(), -1).tolist(),
+        "head_weights": None if beta is None else torch.softmax(beta.double(), -1).tolist(),
         "splits": splits,
     }
 
 
 def plot_cut_probabilities(result: dict, path: Path) -> None:
-    """Bar chart of p_l per unit, labelled with argmax β (the head a cut there would use)."""
+    """Bar chart of p_l per unit, labelled with argmax β (the head a cut there would use) or the fixed head."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     p = result["cut_probability"]
-    heads = [result["candidates"][max(range(len(w)), key=w.__getitem__)] for w in result["head_weights"]]
+    if result.get("head_weights") is None:  # --no-beta: one head everywhere
+        heads = [result["candidates"][0]] * len(p)
+    else:
+        heads = [result["candidates"][max(range(len(w)), key=w.__getitem__)] for w in result["head_weights"]]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(p) + 2), 3.2))
     ax.bar(range(len(p)), p, color="tab:blue")
     for i, (v, h) in enumerate(zip(p, heads, strict=True)):
-        ax.text(i, v + 0.02, h.replace("conv", "d"), ha="center", fontsize=7)
+        ax.text(i, v + 0.02, h.replace("conv", "d").replace("mlp_sr", "mlp"), ha="center", fontsize=7)
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("decoupling point (after unit l)")
     ax.set_ylabel("p_l = softmax(α_l)_0")
-    ax.set_title(f"SEDONA search ({result.get('objective', '')}): cut probabilities, dK = argmax β")
+    how = (
+        "dK = argmax β" if result.get("head_weights") is not None else f"fixed head {result['candidates'][0]}"
+    )
+    ax.set_title(f"SEDONA search ({result.get('objective', '')}): cut probabilities, {how}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def build_search_net(cfg: DictConfig, data: Any, device: torch.device) -> SearchNet:
-    """The backbone of ``cfg`` (as ``method=sedona`` builds it) with mixed heads at every decoupling point."""
+    """The backbone of ``cfg`` (as ``method=sedona`` builds it) with the search's heads at every cut.
+
+    The heads are ``method.candidates`` (β-mixed), or ``method.fixed_head`` alone when ``search_beta=false``.
+    """
     from sedona.task import build_net
 
     sub = copy.deepcopy(cfg)
@@ -675,7 +792,7 @@ def build_search_net(cfg: DictConfig, data: Any, device: torch.device) -> Search
         sub.method.num_blocks = 1
         sub.method.decoupling = "uniform"
     net, _ = build_net(sub, data, device)
-    return SearchNet(net, tuple(cfg.method.candidates), float(cfg.method.head_feat_mult)).to(device)
+    return SearchNet(net, head_kinds(cfg), float(cfg.method.head_feat_mult)).to(device)
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
@@ -683,11 +800,18 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
 
     Artifacts: ``search/memory.pt`` (pretraining), ``search/state.pt`` (the search, every ``checkpoint_every``
     meta-iterations), ``search/result.json`` = ``decoupling.json`` and ``cut_probabilities.png`` (the search's
-    result), ``eval/`` (greedy training of the found decoupling at K = ``eval_blocks``, 0: none).
+    result), ``eval/`` (``eval_blocks`` 0: no evaluation; ``eval_mode=discrete``: greedy training of the found
+    decoupling at K = ``eval_blocks``; ``continuous``: the relaxed net itself, :func:`evaluate_continuous`).
     """
     from common.factory import make_data
 
     m = cfg.method
+    eval_mode = str(m.get("eval_mode", "discrete"))
+    if eval_mode not in EVAL_MODES:
+        raise ValueError(f"method.eval_mode must be discrete or continuous, got {eval_mode!r}")
+    kinds = head_kinds(cfg)  # checks search_beta and fixed_head
+    if eval_mode == "continuous" and m.lr_schedule not in ("iter_cosine", "config"):
+        raise ValueError(f"method.lr_schedule must be iter_cosine or config, got {m.lr_schedule!r}")
     if m.objective not in ("train_last", "val"):
         raise ValueError(f"method.objective must be train_last or val, got {m.objective!r}")
     if m.memory_keep not in ("oldest", "spread"):
@@ -705,10 +829,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     torch.manual_seed(int(cfg.seed))
     model = build_search_net(cfg, data, ctx.device)
     log.info(
-        "sedona_search: L=%d units, %d candidate cuts, heads %s",
+        "sedona_search: L=%d units, %d candidate cuts, heads %s%s",
         model.num_units,
         model.num_units - 1,
         model.kinds,
+        "" if searches_beta(cfg) else " (fixed: beta not searched)",
     )
 
     if result_path.exists():
@@ -717,11 +842,17 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     else:
         memory_path = folder / "memory.pt"
         if memory_path.exists():
+            saved = load_verified(memory_path)
+            if saved.get("kinds", list(kinds)) != list(kinds):
+                raise ValueError(
+                    f"{memory_path} holds states with heads {saved['kinds']}, this search uses {list(kinds)} "
+                    "(method.search_beta / candidates / fixed_head changed): use another output folder"
+                )
             memory = WeightMemory()
-            memory.load_state_dict(load_verified(memory_path)["memory"])
+            memory.load_state_dict(saved["memory"])
         else:
             memory = pretrain(cfg, model, data, ctx, folder / "pretrain")
-            save_atomic({"memory": memory.state_dict()}, memory_path)
+            save_atomic({"memory": memory.state_dict(), "kinds": list(kinds)}, memory_path)
         out = search(cfg, model, data, memory, folder / "state.pt")
         meta = {
             "objective": str(m.objective),
@@ -746,7 +877,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     if result.get("final_objective") is not None:
         metrics["search_objective"] = float(result["final_objective"])
     k = int(m.eval_blocks)
-    if k > 0:
+    if k > 0 and eval_mode == "continuous":
+        metrics.update(evaluate_continuous(cfg, data, result, ctx))
+    elif k > 0:
         if str(k) not in result["splits"]:
             raise ValueError(f"method.eval_blocks={k}: the search gives K in {sorted(result['splits'])}")
         from sedona.task import run as greedy_run
@@ -760,8 +893,97 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     return metrics
 
 
+def evaluate_continuous(cfg: DictConfig, data: Any, result: dict, ctx: RunContext) -> dict[str, float]:
+    """Phase 3 with ``eval_mode=continuous`` (the original's ``--eval-continuous``): the relaxed net itself.
+
+    No discretisation: a freshly initialised :class:`SearchNet` (seed ``cfg.seed``, the search's heads at every
+    cut) is trained on 𝓛(θ; α, β) with the searched α and β frozen, the output scales s_l and the per-unit
+    gradient rescaling of the search's ordinary steps (:func:`relaxed_train_step`). As in the original, every
+    unit (its encoder and its head; the last with the classifier) has its own optimizer (``cfg.optimizer``) and
+    LR schedule (``method.lr_schedule``, as ``method=sedona``: ``iter_cosine`` to ``lr_min`` over all steps, or
+    ``config``). A ``Trainer`` in ``<run>/eval/`` (phase ``sedona_continuous``) checkpoints and resumes; the
+    test metrics are those of the classifier (the last unit's output), the net's own prediction.
+    ``<run>/eval/relaxation.json`` records the α, β, heads, p_l and path weights Π_{j<l} q_j trained with.
+    """
+    from common.factory import build_optimizer, build_scheduler
+    from sedona.task import BlockOptimizers, BlockSchedulers
+
+    m = cfg.method
+    torch.manual_seed(int(cfg.seed))
+    model = build_search_net(cfg, data, ctx.device)
+    found_beta = result.get("beta") is not None
+    if list(result["candidates"]) != list(model.kinds) or found_beta != searches_beta(cfg):
+        raise ValueError(
+            f"the search result has heads {result['candidates']} (beta searched: {found_beta}); "
+            f"this config asks {list(model.kinds)} (search_beta={searches_beta(cfg)})"
+        )
+    ref = next(model.parameters())
+    alpha = torch.tensor(result["alpha"], dtype=ref.dtype, device=ref.device)
+    beta = (
+        None
+        if result.get("beta") is None
+        else torch.tensor(result["beta"], dtype=ref.dtype, device=ref.device)
+    )
+    if alpha.shape != (model.num_units - 1, 2):
+        raise ValueError(f"alpha has shape {tuple(alpha.shape)}, the net has {model.num_units - 1} cuts")
+    scales, prefix = output_scales(alpha), prefix_products(alpha)
+    sub = _sub_ctx(ctx, ctx.output_dir / "eval")
+    p, _ = cut_probabilities(alpha.double())
+    record = {
+        "heads": list(model.kinds),
+        "alpha": result["alpha"],
+        "beta": result.get("beta"),
+        "cut_probability": p.tolist(),
+        "path_weight": prefix_products(alpha.double()).tolist(),
+    }
+    (sub.output_dir / "relaxation.json").write_text(json.dumps(record, indent=2))
+    log.info("continuous evaluation: the relaxed net, p %s", [round(float(v), 3) for v in p])
+
+    groups: list[list[nn.Parameter]] = [[] for _ in range(model.num_units)]
+    for n, param in model.named_parameters():
+        groups[model.groups[n]].append(param)
+    opts = BlockOptimizers([build_optimizer(cfg.optimizer, ps) for ps in groups])
+    extra: dict[str, Any] = {}
+    epoch_sched = iter_sched = None
+    if m.lr_schedule == "iter_cosine":
+        total = _total_steps(cfg, data, int(cfg.trainer.epochs))
+        iter_sched = BlockSchedulers(
+            [
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=m.lr_min)
+                for o in opts.optimizers
+            ]
+        )
+        extra["block_schedulers"] = iter_sched
+    else:
+        scheds = [build_scheduler(cfg.scheduler, o) for o in opts.optimizers]
+        epoch_sched = None if scheds[0] is None else BlockSchedulers(scheds)
+
+    def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = relaxed_train_step(model, opts, (x, y), alpha, beta, scales, prefix)
+        if iter_sched is not None:
+            iter_sched.step()
+        return out
+
+    trainer = Trainer.from_config(
+        cfg,
+        model,
+        opts,
+        data,
+        sub,
+        scheduler=epoch_sched,
+        step_fn=step_fn,
+        extra_state=extra,
+        phase="sedona_continuous",
+    )
+    results = trainer.fit()
+    results["eval_continuous"] = 1.0
+    return results
+
+
 __all__ = [
     "CANDIDATES",
+    "EVAL_MODES",
+    "FIXED_HEADS",
     "BatchStream",
     "MixedHead",
     "SearchNet",
@@ -769,12 +991,16 @@ __all__ = [
     "clipped_cosine",
     "cut_probabilities",
     "decoupling_result",
+    "evaluate_continuous",
     "frozen_batchnorm",
+    "head_kinds",
     "hypergradient",
     "output_scales",
     "prefix_products",
     "relaxed_grads",
     "relaxed_step",
+    "relaxed_train_step",
     "run",
+    "searches_beta",
     "sgd_momentum_update",
 ]

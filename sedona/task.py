@@ -9,6 +9,10 @@ per epoch (``config``, what ``method=train`` does, so that K = 1 reproduces it b
 ``method.backward=per_block`` runs each block's backward right after its forward (its graph is freed before
 the next block is built); ``joint`` sums the K losses and runs one backward, as the original does. The
 gradients are the same; only peak memory differs.
+
+``method.devices`` (a list of ≥ 2 devices, K > 1) trains the blocks as a pipeline of threads instead
+(:mod:`sedona.pipeline`, the original's multi-GPU ``train_parallel``): the same weights as ``per_block`` for a
+network without random layers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from omegaconf import DictConfig
 
 from common.engine import RunContext, Trainer, autocast, evaluate
 from common.factory import build_optimizer, build_scheduler, make_data, make_model
+from sedona.memory import balanced_decoupling
 from sedona.network import (
     ORIGINAL_ARCHS,
     DecoupledNet,
@@ -32,6 +37,7 @@ from sedona.network import (
     found_decoupling,
     uniform_split,
 )
+from sedona.pipeline import BlockPipeline, place_blocks, resolve_devices
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,48 @@ class BlockSchedulers:
             s.load_state_dict(st)
 
 
+def pipeline_devices(m: DictConfig, run_device: torch.device) -> list[torch.device] | None:
+    """The devices of the pipelined trainer from ``method.devices`` (None: the sequential trainer).
+
+    Checks ``method.queue_size`` too. One device must be the run's (``trainer.device``): it is the sequential
+    trainer. ``backward=joint`` cannot be pipelined.
+    """
+    queue_size = m.get("queue_size", 50)
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"method.queue_size must be an integer >= 1, got {queue_size!r}")
+    devices = resolve_devices(m.get("devices"))
+    if devices is None:
+        return None
+    if len(devices) == 1:
+        same = devices[0].type == run_device.type and (devices[0].index or 0) == (run_device.index or 0)
+        if not same:
+            raise ValueError(
+                f"method.devices=[{devices[0]}] is one device, i.e. the sequential trainer on the run's device "
+                f"({run_device}): set trainer.device={devices[0]} instead, or give two or more devices"
+            )
+        return None
+    if m.backward == "joint":
+        raise ValueError(
+            "method.backward=joint cannot be pipelined (each pipelined block runs its own backward): "
+            "use method.backward=per_block with method.devices, or method.devices=null"
+        )
+    return devices
+
+
+class BlockStates:
+    """A list of stateful objects (e.g. one GradScaler per block) checkpointed as one."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"blocks": [x.state_dict() for x in self.items]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for x, st in zip(self.items, state["blocks"], strict=True):
+            x.load_state_dict(st)
+
+
 def original_arch(cfg: DictConfig) -> str | None:
     """SEDONA's architecture name for ``cfg.network`` (``vgg19``, ``resnet50_imagenet`` → ``resnet50``), if any."""
     if cfg.method.arch != "original":
@@ -88,10 +136,20 @@ def original_arch(cfg: DictConfig) -> str | None:
     return name if name in ORIGINAL_ARCHS else None
 
 
-def resolve_decoupling(spec: str, arch: str | None, num_units: int, num_blocks: int) -> Decoupling:
-    """``uniform``, ``found`` (the original's search result for ``arch``) or the path of a ``decoupling.json``."""
+def resolve_decoupling(
+    spec: str, arch: str | None, num_units: int, num_blocks: int, net: DecoupledNet | None = None, probe=None
+) -> Decoupling:
+    """``uniform``, ``balanced``, ``found`` (the original's search result for ``arch``) or a ``decoupling.json``.
+
+    ``balanced`` (the cuts that minimise the heaviest block's activation memory, :mod:`sedona.memory`) needs
+    ``net`` and a ``probe`` batch ``(x, y)``; its heads are the net's default ``aux``.
+    """
     if num_blocks == 1 or spec == "uniform":
         return uniform_split(num_units, num_blocks)
+    if spec == "balanced":
+        if net is None or probe is None:
+            raise ValueError("method.decoupling=balanced needs the network and a probe batch")
+        return balanced_decoupling(net, num_blocks, *probe)
     if spec == "found":
         if arch is None:
             raise ValueError(
@@ -101,7 +159,7 @@ def resolve_decoupling(spec: str, arch: str | None, num_units: int, num_blocks: 
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
-            f"method.decoupling={spec!r}: not 'uniform', 'found' or an existing JSON file"
+            f"method.decoupling={spec!r}: not 'uniform', 'balanced', 'found' or an existing JSON file"
         )
     data = json.loads(path.read_text())
     if "splits" in data:  # a search result: one decoupling per K
@@ -114,18 +172,21 @@ def build_net(cfg: DictConfig, data: Any, device: torch.device) -> tuple[Decoupl
     m = cfg.method
     arch = original_arch(cfg)
     kw = dict(aux=m.aux, label_smoothing=m.label_smoothing, heads=False)
+    x, y = next(iter(data.test.epoch_iter(0)))
     if arch is None:
         model = make_model(cfg, data, device)
-        x, _ = next(iter(data.test.epoch_iter(0)))
         shape = tuple(x.shape[1:])
         net = build_decoupled(model, data.num_classes, data.in_channels, input_shape=shape, **kw)
     else:
         net = build_decoupled(
             arch, data.num_classes, data.in_channels, image_size=data.image_size, feat_mult=m.feat_mult, **kw
         ).to(device)
-    dec = resolve_decoupling(str(m.decoupling), arch, net.num_units, int(m.num_blocks))
+    net = net.to(device)
+    # a few samples suffice for the balanced split: a block's activation bytes are linear in the batch size
+    probe = (x[:4].to(device), y[:4].to(device))
+    dec = resolve_decoupling(str(m.decoupling), arch, net.num_units, int(m.num_blocks), net, probe)
     net.set_decoupling(dec)
-    return net.to(device), dec
+    return net, dec
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
@@ -135,9 +196,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         raise ValueError(f"method.backward must be per_block or joint, got {m.backward!r}")
     if m.lr_schedule not in ("iter_cosine", "config"):
         raise ValueError(f"method.lr_schedule must be iter_cosine or config, got {m.lr_schedule!r}")
+    devices = pipeline_devices(m, ctx.device)
     data = make_data(cfg, ctx.device)
     net, dec = build_net(cfg, data, ctx.device)
     (ctx.output_dir / "decoupling.json").write_text(json.dumps(dec.to_dict(), indent=2))
+    if devices is not None and dec.num_blocks == 1:
+        log.info("sedona: K = 1, method.devices ignored (nothing to pipeline)")
+        devices = None
+    block_devices = None if devices is None else place_blocks(net, dec, devices)
     log.info(
         "sedona: L=%d units, K=%d blocks ending at %s, heads %s",
         net.num_units,
@@ -168,7 +234,30 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
 
     amp = bool(cfg.trainer.amp)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp and ctx.device.type == "cuda")
-    if scaler.is_enabled():
+    pipeline = None
+    if block_devices is not None:
+        # one GradScaler per block, as the original's pipeline (the sequential trainer shares one)
+        scalers = [torch.amp.GradScaler(d.type, enabled=amp and d.type == "cuda") for d in block_devices]
+        if any(s.is_enabled() for s in scalers):
+            extra["block_scalers"] = BlockStates(scalers)
+        pipeline = BlockPipeline(
+            net,
+            dec,
+            block_devices,
+            opts.optimizers,
+            schedulers=None if iter_sched is None else iter_sched.schedulers,
+            scalers=scalers if any(s.is_enabled() for s in scalers) else None,
+            amp=amp,
+            amp_dtype=cfg.trainer.amp_dtype,
+            queue_size=int(m.get("queue_size", 50)),
+            output_device=ctx.device,
+        )
+        log.info(
+            "sedona: pipelined, blocks on %s, queue size %d",
+            [str(d) for d in block_devices],
+            pipeline.queue_size,
+        )
+    elif scaler.is_enabled():
         extra["block_scaler"] = scaler
 
     def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +267,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
             for loss, logits in net.block_outputs(x, y, dec):
                 if m.backward == "per_block":
                     scaler.scale(loss).backward()
+                    loss = loss.detach()  # do not keep the freed block's graph referenced
                 losses.append(loss)
                 out = logits.detach()
+                del logits
         if m.backward == "joint":
             scaler.scale(torch.stack(losses).sum()).backward()
         for opt in opts.optimizers:  # one shared scaler, as the original (scaler.step per block, one update)
@@ -190,9 +281,22 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         return losses[-1].detach(), out
 
     trainer = Trainer.from_config(
-        cfg, net, opts, data, ctx, scheduler=epoch_sched, step_fn=step_fn, extra_state=extra, phase="sedona"
+        cfg,
+        net,
+        opts,
+        data,
+        ctx,
+        scheduler=epoch_sched,
+        step_fn=step_fn,
+        pipeline=pipeline,
+        extra_state=extra,
+        phase="sedona",
     )
-    results = trainer.fit()
+    try:
+        results = trainer.fit()
+    finally:
+        if pipeline is not None:
+            pipeline.close()
     results["num_blocks"] = float(dec.num_blocks)
     if int(m.ensemble) > 1:
         n = min(int(m.ensemble), dec.num_blocks)

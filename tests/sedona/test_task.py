@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -107,3 +108,35 @@ def test_bad_options_are_rejected(cfg_factory):
         run(cfg_factory("method=sedona", "method.backward=both"))
     with pytest.raises(ValueError, match="found"):
         run(cfg_factory("method=sedona", "method.decoupling=found", name="b"))
+
+
+def test_amp_bfloat16_on_cpu(cfg_factory):
+    # the autocast path of the greedy step (fp16 + GradScaler needs CUDA: test_amp_fp16_on_cuda)
+    results = run(
+        cfg_factory(
+            "method=sedona",
+            "network=lenet5",
+            "method.num_blocks=3",
+            "trainer.amp=true",
+            "trainer.amp_dtype=bfloat16",
+        )
+    )
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_loss"])
+
+
+@pytest.mark.gpu
+def test_amp_fp16_on_cuda(cfg_factory, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    results = run(
+        cfg_factory(
+            "method=sedona",
+            "network=lenet5",
+            "method.num_blocks=3",
+            "trainer.amp=true",
+            "trainer.device=cuda",
+        )
+    )
+    assert math.isfinite(results["test_loss"])
+    state = load_verified(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["extra"]["block_scaler"]["scale"] > 0  # one GradScaler shared by the blocks, checkpointed

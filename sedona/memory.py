@@ -1,0 +1,152 @@
+"""Activation memory of greedy training: a saved-tensor meter and the memory-balanced decoupling.
+
+What limits the batch size of block-wise training is the activation memory autograd holds between a block's
+forward and its backward. With per-block backward only one block's graph is alive at a time, so the peak is
+that of the heaviest block (its units plus its head). A split with the same number of *units* per block is far
+from the same *memory* per block in a CNN: the early, high-resolution units hold most of it (VGG-19 at 32 px:
+the first four units of sixteen hold more than half). ``balanced_split`` chooses the cuts that minimise the
+heaviest block instead (``method.decoupling=balanced``), which is where K blocks save the most memory.
+
+The meter counts every storage once, however many ops save it (a ReLU's output is saved by the ReLU and by
+the convolution after it), and leaves out the parameters (held anyway): the bytes a CUDA allocator would hold
+for backward, measured on any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from sedona.network import DecoupledNet, Decoupling
+
+
+class SavedActivationMeter:
+    """Live and peak bytes of the distinct non-parameter storages autograd saves for backward.
+
+    Use as ``with meter.hooks(): ...``; ``meter.live`` and ``meter.peak`` are in bytes.
+    """
+
+    def __init__(self, parameters: Iterator[nn.Parameter] | list[nn.Parameter] = ()) -> None:
+        self.exclude = {p.untyped_storage().data_ptr() for p in parameters}
+        self.refs: dict[int, list[int]] = {}  # storage pointer → [references, bytes]
+        self.live = 0
+        self.peak = 0
+
+    def _pack(self, t: torch.Tensor) -> _Held:
+        return _Held(self, t)
+
+    def hooks(self) -> contextlib.AbstractContextManager:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+
+
+class _Held:
+    """One saved tensor; counts its storage while any saved tensor still refers to it."""
+
+    def __init__(self, meter: SavedActivationMeter, t: torch.Tensor) -> None:
+        # detached (same storage): a saved *output* kept with its grad_fn would make a reference cycle
+        # (node → saved tensor → grad_fn → node) that keeps the whole graph alive after it is dropped
+        self.t = t.detach()
+        self.meter = meter
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        self.key = None if key in meter.exclude or storage.nbytes() == 0 else key
+        if self.key is None:
+            return
+        ref = meter.refs.get(self.key)
+        if ref is None:
+            ref = meter.refs[self.key] = [0, storage.nbytes()]
+            meter.live += ref[1]
+            meter.peak = max(meter.peak, meter.live)
+        ref[0] += 1
+
+    def __del__(self) -> None:
+        if self.key is None:
+            return
+        ref = self.meter.refs[self.key]
+        ref[0] -= 1
+        if ref[0] == 0:
+            self.meter.live -= ref[1]
+            del self.meter.refs[self.key]
+
+
+def _unpack(held: _Held) -> torch.Tensor:
+    return held.t
+
+
+def block_costs(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+    """``C[i, j]``: bytes held for backward by a block of units ``i..j`` and its head, on the batch ``(x, y)``.
+
+    The head after unit ``j < L−1`` is of ``kind`` (default: the net's ``aux``); the block ending at ``L−1``
+    uses the classifier. Entries with ``i > j`` are 0. Measured on a copy of the net (built under a forked RNG,
+    so the caller's random stream and the net are untouched): one forward per first unit ``i``, and one head
+    forward per (i, j), each released right after it is read. The cost of a block is linear in the batch size,
+    so a small probe batch gives the right proportions.
+    """
+    L = net.num_units
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        probe = copy.deepcopy(net)
+        probe.train()
+        for unit in range(L - 1):
+            probe.add_head(unit, kind)
+        costs = torch.zeros(L, L, dtype=torch.float64)
+        # a copy: a slice of a larger batch would be counted with the whole storage it views
+        h = x.clone()
+        inputs = []
+        with torch.no_grad():  # the input of every candidate first unit
+            for unit in probe.units:
+                inputs.append(h)
+                h = unit(h)
+        for i in range(L):
+            meter = SavedActivationMeter(probe.parameters())
+            with meter.hooks():
+                h = inputs[i].detach()
+                for j in range(i, L):
+                    h = probe.units[j](h)
+                    if j == L - 1:
+                        loss = torch.nn.functional.cross_entropy(probe.classifier(h), y)
+                    else:
+                        loss = probe.aux[str(j)].forward_loss(h, y, probe.label_smoothing)[0]
+                    costs[i, j] = meter.live
+                    del loss  # frees the head's saved tensors: back to the units' bytes
+    return costs
+
+
+def balanced_split(costs: torch.Tensor, num_blocks: int) -> tuple[int, ...]:
+    """Block ends of the K-block split minimising the heaviest block's cost (``costs`` from :func:`block_costs`).
+
+    Exact dynamic programme over contiguous splits; among splits with the same heaviest block it takes the one
+    with the smallest sum of block costs, then the earliest cuts.
+    """
+    L = costs.shape[0]
+    if not 1 <= num_blocks <= L:
+        raise ValueError(f"num_blocks must be in 1..{L}, got {num_blocks}")
+    c = costs.tolist()
+    inf = (float("inf"), float("inf"))
+    # best[k][j]: (max, sum) of the best split of units 0..j into k+1 blocks; arg[k][j]: end of block k's predecessor
+    best = [[inf] * L for _ in range(num_blocks)]
+    arg = [[-1] * L for _ in range(num_blocks)]
+    for j in range(L):
+        best[0][j] = (c[0][j], c[0][j])
+    for k in range(1, num_blocks):
+        for j in range(k, L):
+            for e in range(k - 1, j):  # the previous block ends at e; this one is e+1..j
+                prev = best[k - 1][e]
+                cand = (max(prev[0], c[e + 1][j]), prev[1] + c[e + 1][j])
+                if cand < best[k][j]:
+                    best[k][j], arg[k][j] = cand, e
+    ends = [L - 1]
+    for k in range(num_blocks - 1, 0, -1):
+        ends.append(arg[k][ends[-1]])
+    return tuple(reversed(ends))
+
+
+def balanced_decoupling(
+    net: DecoupledNet, num_blocks: int, x: torch.Tensor, y: torch.Tensor, kind: str | None = None
+) -> Decoupling:
+    """The memory-balanced :class:`Decoupling` of ``net`` into ``num_blocks`` blocks (heads of kind ``kind``)."""
+    ends = balanced_split(block_costs(net, x, y, kind), num_blocks)
+    return Decoupling(block_ends=ends, heads=(kind,) * (num_blocks - 1))

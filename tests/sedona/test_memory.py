@@ -1,0 +1,115 @@
+"""``sedona.memory``: the saved-activation meter, per-block costs and the memory-balanced split."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from sedona import build_decoupled, uniform_split
+from sedona.memory import SavedActivationMeter, balanced_split, block_costs
+from sedona.network import Decoupling
+
+
+def test_meter_counts_each_storage_once_and_leaves_out_parameters():
+    x = torch.randn(4, requires_grad=True)  # 16 bytes
+    meter = SavedActivationMeter()
+    with meter.hooks():
+        y = x * x  # saves x twice: one storage
+        assert meter.live == 16
+        z = y.sin()  # saves y
+        assert meter.live == 32
+    z.sum().backward()
+    assert meter.peak == 32 and meter.live == 0
+    lin = nn.Linear(3, 2).double()
+    meter = SavedActivationMeter(lin.parameters())
+    with meter.hooks():
+        out = lin(torch.randn(5, 3, dtype=torch.float64))  # saves its input (120 bytes) and the weight
+    assert meter.live == 5 * 3 * 8
+    del out
+    assert meter.live == 0
+
+
+def test_meter_releases_a_dropped_graph_with_in_place_saved_outputs():
+    # an in-place ReLU saves its output; holding it with its grad_fn would keep the graph alive
+    head = nn.Sequential(
+        nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 3)
+    )
+    meter = SavedActivationMeter(head.parameters())
+    with meter.hooks():
+        loss = head(torch.randn(2, 4, 4, 4)).sum()
+        assert meter.live > 0
+        del loss
+    assert meter.live == 0 and meter.refs == {}
+
+
+def _additive(units: list[float]) -> torch.Tensor:
+    L = len(units)
+    c = torch.zeros(L, L, dtype=torch.float64)
+    for i in range(L):
+        for j in range(i, L):
+            c[i, j] = sum(units[i : j + 1])
+    return c
+
+
+def test_balanced_split_hand_cases():
+    costs = _additive([4, 1, 1, 1, 1])
+    assert balanced_split(costs, 1) == (4,)
+    assert balanced_split(costs, 2) == (0, 4)  # {0} | {1..4}: both 4
+    assert balanced_split(costs, 3) == (0, 1, 4)  # max 4 either way, same sum: earliest cuts
+    assert balanced_split(costs, 5) == (0, 1, 2, 3, 4)
+    # equal units: the balanced split is the uniform one
+    assert balanced_split(_additive([1.0] * 8), 4) == uniform_split(8, 4).block_ends == (1, 3, 5, 7)
+    # a heavy last unit pulls the cuts to the end
+    assert balanced_split(_additive([1, 1, 1, 1, 1, 1, 6]), 3) == (2, 5, 6)
+
+
+def test_block_costs_equal_the_measured_per_block_peak_and_touch_nothing():
+    torch.manual_seed(0)
+    net = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=0.25, aux="mlp_sr", heads=False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    rng = torch.get_rng_state()
+    costs = block_costs(net, x, y)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert len(net.aux) == 0 and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    uniform = uniform_split(net.num_units, 4)
+    balanced = Decoupling(balanced_split(costs, 4))
+
+    def heaviest(ends):
+        starts = (0, *(e + 1 for e in ends[:-1]))
+        return max(float(costs[s, e]) for s, e in zip(starts, ends))
+
+    assert heaviest(balanced.block_ends) < 0.75 * heaviest(uniform.block_ends)
+    for cfg in (uniform, balanced):
+        net.set_decoupling(cfg)
+        meter = SavedActivationMeter(net.parameters())
+        with meter.hooks():
+            for loss, _ in net.block_outputs(x, y, cfg):
+                loss.backward()
+                del loss
+        # the probe's figure is the peak a real per-block step reaches (BN in train mode, same batch)
+        assert meter.peak == heaviest(cfg.block_ends)
+
+
+def test_method_sedona_with_the_balanced_split(cfg_factory, tmp_path):
+    from launch.run import run
+
+    cfg = cfg_factory(
+        "method=sedona",
+        "network=vgg19",
+        "method.decoupling=balanced",
+        "method.num_blocks=4",
+        "method.feat_mult=0.25",
+        "trainer.limit_train_batches=1",
+    )
+    results = run(cfg)
+    assert results["num_blocks"] == 4
+    dec = json.loads((tmp_path / "run" / "decoupling.json").read_text())
+    # the split the probe chooses for this net (heads = method.aux), not the uniform (3, 7, 11, 15)
+    torch.manual_seed(0)
+    net = build_decoupled("vgg19", 10, 1, image_size=32, feat_mult=0.25, aux="mlp_sr", heads=False)
+    x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
+    assert tuple(dec["block_ends"]) == balanced_split(block_costs(net, x, y), 4) != (3, 7, 11, 15)
+    assert dec["heads"] == [None] * 3  # the net's aux (mlp_sr), as for the uniform split
