@@ -36,6 +36,7 @@ from common.checkpoint import CheckpointManager, load_verified, save_atomic
 from common.engine import RunContext, Trainer
 from sedona.heads import build_head, smoothed_cross_entropy
 from sedona.network import DecoupledNet, Decoupling, sedona_init, select_decoupling
+from sedona.task import block_optimization, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -516,13 +517,6 @@ def _sub_ctx(ctx: RunContext, folder: Path) -> RunContext:
     )
 
 
-def _total_steps(cfg: DictConfig, data: Any, epochs: int) -> int:
-    per_epoch = len(data.train)
-    if cfg.trainer.limit_train_batches is not None:
-        per_epoch = min(per_epoch, int(cfg.trainer.limit_train_batches))
-    return max(1, per_epoch * int(epochs))
-
-
 @torch.no_grad()
 def _batch_error(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
     was = model.training
@@ -577,7 +571,7 @@ def pretrain(cfg: DictConfig, model: SearchNet, data: Any, ctx: RunContext, fold
     alpha = torch.zeros(model.num_units - 1, 2, device=ref.device, dtype=ref.dtype)
     beta = initial_beta(model, searches_beta(cfg))
     scales, prefix = output_scales(alpha), prefix_products(alpha)
-    t_max = int(m.cosine_iters) if m.cosine_iters else _total_steps(cfg, data, m.pretrain_epochs)
+    t_max = int(m.cosine_iters) if m.cosine_iters else train_steps(cfg, data, m.pretrain_epochs)
     val = BatchStream(data.val)
 
     def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -621,7 +615,7 @@ def search(
     meta_opt = meta_optimizer(cfg, alpha, beta)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     train, val = BatchStream(data.train), BatchStream(data.val)
-    t_max = int(m.cosine_iters) if m.cosine_iters else _total_steps(cfg, data, m.pretrain_epochs)
+    t_max = int(m.cosine_iters) if m.cosine_iters else train_steps(cfg, data, m.pretrain_epochs)
     history: list[dict[str, float]] = []
     start = 0
     if state_path.exists():
@@ -905,10 +899,7 @@ def evaluate_continuous(cfg: DictConfig, data: Any, result: dict, ctx: RunContex
     test metrics are those of the classifier (the last unit's output), the net's own prediction.
     ``<run>/eval/relaxation.json`` records the α, β, heads, p_l and path weights Π_{j<l} q_j trained with.
     """
-    from common.factory import build_optimizer, build_scheduler
-    from sedona.task import BlockOptimizers, BlockSchedulers
 
-    m = cfg.method
     torch.manual_seed(int(cfg.seed))
     model = build_search_net(cfg, data, ctx.device)
     found_beta = result.get("beta") is not None
@@ -942,21 +933,8 @@ def evaluate_continuous(cfg: DictConfig, data: Any, result: dict, ctx: RunContex
     groups: list[list[nn.Parameter]] = [[] for _ in range(model.num_units)]
     for n, param in model.named_parameters():
         groups[model.groups[n]].append(param)
-    opts = BlockOptimizers([build_optimizer(cfg.optimizer, ps) for ps in groups])
-    extra: dict[str, Any] = {}
-    epoch_sched = iter_sched = None
-    if m.lr_schedule == "iter_cosine":
-        total = _total_steps(cfg, data, int(cfg.trainer.epochs))
-        iter_sched = BlockSchedulers(
-            [
-                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=m.lr_min)
-                for o in opts.optimizers
-            ]
-        )
-        extra["block_schedulers"] = iter_sched
-    else:
-        scheds = [build_scheduler(cfg.scheduler, o) for o in opts.optimizers]
-        epoch_sched = None if scheds[0] is None else BlockSchedulers(scheds)
+    opts, epoch_sched, iter_sched = block_optimization(cfg, groups, data)
+    extra: dict[str, Any] = {} if iter_sched is None else {"block_schedulers": iter_sched}
 
     def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = relaxed_train_step(model, opts, (x, y), alpha, beta, scales, prefix)

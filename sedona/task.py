@@ -86,6 +86,35 @@ class BlockSchedulers:
             s.load_state_dict(st)
 
 
+def train_steps(cfg: DictConfig, data: Any, epochs: int) -> int:
+    """Optimizer steps in ``epochs`` epochs of ``data.train`` (``trainer.limit_train_batches`` applied)."""
+    per_epoch = len(data.train)
+    if cfg.trainer.limit_train_batches is not None:
+        per_epoch = min(per_epoch, int(cfg.trainer.limit_train_batches))
+    return max(1, per_epoch * int(epochs))
+
+
+def block_optimization(
+    cfg: DictConfig, groups: list[list[torch.nn.Parameter]], data: Any
+) -> tuple[BlockOptimizers, BlockSchedulers | None, BlockSchedulers | None]:
+    """One ``cfg.optimizer`` per parameter group, and its schedule: (optimizers, per-epoch, per-iteration).
+
+    ``method.lr_schedule=iter_cosine``: the original's per-iteration cosine to ``method.lr_min`` over the whole
+    run (stepped by the caller after every step); ``config``: ``cfg.scheduler``, stepped per epoch by the Trainer.
+    """
+    m = cfg.method
+    opts = BlockOptimizers([build_optimizer(cfg.optimizer, ps) for ps in groups])
+    if m.lr_schedule == "iter_cosine":
+        total = train_steps(cfg, data, int(cfg.trainer.epochs))
+        cosines = [
+            torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=m.lr_min)
+            for o in opts.optimizers
+        ]
+        return opts, None, BlockSchedulers(cosines)
+    scheds = [build_scheduler(cfg.scheduler, o) for o in opts.optimizers]
+    return opts, (None if scheds[0] is None else BlockSchedulers(scheds)), None
+
+
 def pipeline_devices(m: DictConfig, run_device: torch.device) -> list[torch.device] | None:
     """The devices of the pipelined trainer from ``method.devices`` (None: the sequential trainer).
 
@@ -212,25 +241,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         dec.heads,
     )
 
-    opts = BlockOptimizers([build_optimizer(cfg.optimizer, ps) for ps in net.block_parameters(dec)])
-    steps_per_epoch = len(data.train)
-    if cfg.trainer.limit_train_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, int(cfg.trainer.limit_train_batches))
-    total = max(1, steps_per_epoch * int(cfg.trainer.epochs))
-    extra: dict[str, Any] = {}
-    epoch_sched = None
-    iter_sched = None
-    if m.lr_schedule == "iter_cosine":
-        iter_sched = BlockSchedulers(
-            [
-                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=m.lr_min)
-                for o in opts.optimizers
-            ]
-        )
-        extra["block_schedulers"] = iter_sched
-    else:
-        scheds = [build_scheduler(cfg.scheduler, o) for o in opts.optimizers]
-        epoch_sched = None if scheds[0] is None else BlockSchedulers(scheds)
+    opts, epoch_sched, iter_sched = block_optimization(cfg, net.block_parameters(dec), data)
+    extra: dict[str, Any] = {} if iter_sched is None else {"block_schedulers": iter_sched}
 
     amp = bool(cfg.trainer.amp)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp and ctx.device.type == "cuda")

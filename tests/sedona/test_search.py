@@ -24,8 +24,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_net(kind: str, seed: int = 0) -> S.SearchNet:
-    """A float64 decoupled MLP (3 units, 6→8 features) or CNN (3 units on 1×8×8) with mixed heads."""
+def tiny_net(kind: str, seed: int = 0, candidates: tuple[str, ...] = S.CANDIDATES) -> S.SearchNet:
+    """A float64 decoupled MLP (3 units, 6→8 features) or CNN (3 units on 1×8×8) with ``candidates`` at each cut."""
     torch.manual_seed(seed)
     if kind == "mlp":
         units = [
@@ -43,7 +43,7 @@ def tiny_net(kind: str, seed: int = 0) -> S.SearchNet:
         head, shape = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 3)), (1, 8, 8)
     sedona_init(nn.ModuleList([*units, head]))
     net = DecoupledNet(units, head, 3, shape, aux="conv1").double()
-    return S.SearchNet(net, S.CANDIDATES, feat_mult=1 / 64).double()
+    return S.SearchNet(net, candidates, feat_mult=1 / 64).double()
 
 
 def batch(kind: str, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,9 +14,9 @@ from common.engine import evaluate
 from common.factory import make_data
 from launch.run import run
 from sedona.heads import MLPSR, smoothed_cross_entropy
-from sedona.network import DecoupledNet, sedona_init
+from sedona.network import DecoupledNet
 from tests.conftest import Crash, crash_on_call
-from tests.sedona.test_search import _state, batch
+from tests.sedona.test_search import _state, batch, tiny_net
 
 
 @pytest.fixture(autouse=True)
@@ -28,26 +28,8 @@ def one_thread():
 
 
 def fixed_net(kind: str, head: str = "mlp_sr", seed: int = 0) -> S.SearchNet:
-    """A float64 decoupled MLP (3 units, 6→8) or CNN (3 units on 1×8×8) with one fixed head kind per cut."""
-    torch.manual_seed(seed)
-    if kind == "mlp":
-        units = [
-            nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU()),
-            nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()),
-            nn.Sequential(nn.Linear(8, 8), nn.Tanh()),
-        ]
-        classifier, shape = nn.Linear(8, 3), (6,)
-    else:
-        units = [
-            nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)),
-            nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh()),
-        ]
-        classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 3))
-        shape = (1, 8, 8)
-    sedona_init(nn.ModuleList([*units, classifier]))
-    net = DecoupledNet(units, classifier, 3, shape, aux="conv1").double()
-    return S.SearchNet(net, (head,), feat_mult=1 / 64).double()
+    """The tiny float64 MLP / CNN of ``test_search`` with one fixed head kind per cut."""
+    return tiny_net(kind, seed, candidates=(head,))
 
 
 def test_fixed_head_relaxation_uses_the_head_itself():
