@@ -5,6 +5,12 @@ training run of ``cfg.network`` on ``cfg.dataset`` in ``<output_dir>/trials/<opt
 checkpoint and ``metrics.jsonl``; ``result.json`` marks it finished and it is never rerun). ``trials.csv`` holds
 every draw and its final metrics; ``summary.csv`` the distribution per optimizer; ``robustness.png`` a
 box/strip plot.
+
+``method.executor``: ``inline`` (default) trains the draws one after the other in this process; ``local`` or
+``slurm`` submits every unfinished draw as its own job through submitit (one job array; ``method.job.*`` sizes
+the jobs, ``cluster.*`` names the partition/account/qos/setup lines), waits for them and collects their
+``result.json``. A draw's job resumes its own checkpoint when it is requeued; rerunning the study resubmits
+only the draws that have no ``result.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from common.checkpoint import CheckpointManager
 from common.engine import NonFiniteLossError, RunContext, Trainer, evaluate
 from common.factory import make_data, make_model
 from common.logging import RunLogger, format_table
+from common.optim import resolve_device
 from common.seeding import seed_everything
 from ecco.optimizer import build as build_ecco
 from ecco.search import OPTIMIZERS, draw, summarize
@@ -116,6 +123,60 @@ def run_trial(
     return row
 
 
+def finish_trial(cfg: DictConfig, ctx: RunContext, data: Any, name: str, trial: int, trial_dir: Path) -> dict:
+    """Train one draw and write its ``result.json`` (atomically, last: the marker that it is done)."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    row = run_trial(cfg, ctx, data, name, trial, trial_dir)
+    _write_json(trial_dir / "result.json", row)
+    return row
+
+
+def draw_job(cfg: DictConfig, name: str, trial: int, trial_dir: str) -> dict:
+    """The body of one submitit job: one draw, on the device ``trainer.device`` resolves to in that job."""
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    seed_everything(int(cfg.seed), deterministic=cfg.trainer.deterministic)  # as the study's own process
+    device = resolve_device(cfg.trainer.device)
+    data = make_data(cfg, device)
+    out = Path(trial_dir)
+    # run_trial makes the draw's own logger and checkpoints; of this context it reads the device only
+    ctx = RunContext(cfg=cfg, output_dir=out, device=device, logger=None, checkpoints=None, progress=False)
+    return finish_trial(cfg, ctx, data, name, trial, out)
+
+
+def make_executor(cfg: DictConfig, folder: Path):
+    """A submitit executor for ``method.executor`` (``local`` or ``slurm``), or None for ``inline``."""
+    m = cfg.method
+    kind = str(m.get("executor", "inline"))
+    if kind == "inline":
+        return None
+    if kind not in ("local", "slurm"):
+        raise ValueError(f"method.executor must be inline, local or slurm, got {kind!r}")
+    import submitit
+
+    job = m.job
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    params: dict[str, Any] = dict(
+        timeout_min=int(job.timeout_min),
+        gpus_per_node=int(job.gpus_per_node),
+        cpus_per_task=int(job.cpus_per_task),
+        name=f"ecco-{cfg.network.name}",
+    )
+    if kind == "slurm":
+        c = cfg.cluster
+        params.update(
+            mem_gb=int(job.mem_gb),
+            slurm_array_parallelism=int(job.array_parallelism),
+            slurm_partition=c.get("partition"),
+            slurm_account=c.get("account"),
+            slurm_qos=c.get("qos"),
+            slurm_setup=list(c.get("setup") or []),
+        )
+        params = {k: v for k, v in params.items() if v is not None}
+    executor.update_parameters(**params)
+    return executor
+
+
 def _plot(path: Path, rows: list[dict[str, Any]], metric: str, names: list[str]) -> None:
     import matplotlib
 
@@ -147,20 +208,37 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     data = make_data(cfg, ctx.device)
     regression = data.task == "regression"
     metric = "test_loss" if regression else "test_acc"
+    draws = [(name, trial) for name in names for trial in range(int(m.trials))]
+    trial_dir = {d: ctx.output_dir / "trials" / f"{d[0]}-{d[1]:03d}" for d in draws}
+    pending = [d for d in draws if not (trial_dir[d] / "result.json").exists()]
+    executor = make_executor(cfg, ctx.output_dir / "submitit")
+    if executor is not None and pending:
+        with executor.batch():
+            jobs = [executor.submit(draw_job, cfg, n, k, str(trial_dir[(n, k)])) for n, k in pending]
+        log.info("submitted %d draws as %s jobs (%s)", len(jobs), m.executor, jobs[0].job_id.split("_")[0])
+        failed = []
+        for (n, k), job in zip(pending, jobs, strict=True):
+            try:
+                row = job.result()
+                log.info("trial %s-%d: %s=%.4g (%s)", n, k, metric, float(row[metric]), row["status"])
+            except Exception as exc:  # one failed draw does not lose the others; a rerun resubmits it
+                failed.append(f"{n}-{k} (job {job.job_id}): {str(exc).strip().splitlines()[-1]}")
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(pending)} draw jobs failed; rerun the same command to resubmit them "
+                f"(logs in {ctx.output_dir / 'submitit'}):\n  " + "\n  ".join(failed)
+            )
+        pending = []
     rows: list[dict[str, Any]] = []
-    for name in names:
-        for trial in range(int(m.trials)):
-            trial_dir = ctx.output_dir / "trials" / f"{name}-{trial:03d}"
-            done = trial_dir / "result.json"
-            if done.exists():
-                rows.append(json.loads(done.read_text()))
-                continue
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            row = run_trial(cfg, ctx, data, name, trial, trial_dir)
-            _write_json(done, row)
-            rows.append(row)
-            log.info("trial %s-%d: %s=%.4g (%s)", name, trial, metric, float(row[metric]), row["status"])
-            _write_csv(ctx.output_dir / "trials.csv", rows)
+    for d in draws:
+        done = trial_dir[d] / "result.json"
+        if d in pending:
+            row = finish_trial(cfg, ctx, data, d[0], d[1], trial_dir[d])
+            log.info("trial %s-%d: %s=%.4g (%s)", d[0], d[1], metric, float(row[metric]), row["status"])
+        else:
+            row = json.loads(done.read_text())
+        rows.append(row)
+        _write_csv(ctx.output_dir / "trials.csv", rows)
     _write_csv(ctx.output_dir / "trials.csv", rows)
     summary = summarize(rows, metric, higher_is_better=not regression, tolerance=0.1 if regression else 0.01)
     _write_csv(ctx.output_dir / "summary.csv", summary)

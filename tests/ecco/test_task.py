@@ -113,3 +113,34 @@ def test_summarize_hand_computed():
     assert by["a"]["median"] == pytest.approx(0.955) and by["a"]["q1"] == pytest.approx(0.9375)
     assert by["a"]["frac_near_best"] == pytest.approx(0.5)  # 0.96, 0.97 within 1 point of 0.97
     assert by["b"]["diverged"] == 1 and by["b"]["frac_near_best"] == pytest.approx(1 / 3)
+
+
+def test_robustness_draws_as_submitit_jobs_equal_the_inline_study(cfg_factory, tmp_path):
+    overrides = (
+        "method=ecco_robustness",
+        "method.trials=2",
+        "method.optimizers=[ecco,adam]",
+        "trainer.threads=1",
+    )
+    inline = run(cfg_factory(*overrides, name="inline"))
+    jobs = run(cfg_factory(*overrides, "method.executor=local", "method.job.gpus_per_node=0", name="jobs"))
+    drop = ("time_s", "train_time_s")
+    assert {k: v for k, v in jobs.items() if k not in drop} == {
+        k: v for k, v in inline.items() if k not in drop
+    }
+    # each draw ran in its own submitit job (its logs are in the study's submitit folder)
+    logs = list((tmp_path / "jobs" / "submitit").glob("*_result.pkl"))
+    assert len(logs) == 4
+    for name in ("ecco-000", "ecco-001", "adam-000", "adam-001"):
+        a = json.loads((tmp_path / "inline" / "trials" / name / "result.json").read_text())
+        b = json.loads((tmp_path / "jobs" / "trials" / name / "result.json").read_text())
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    # the study run again (results.json removed) submits nothing: every draw has its result.json
+    (tmp_path / "jobs" / "results.json").unlink()
+    again = run(cfg_factory(*overrides, "method.executor=local", "method.job.gpus_per_node=0", name="jobs"))
+    assert len(list((tmp_path / "jobs" / "submitit").glob("*_result.pkl"))) == 4
+    assert {k: v for k, v in again.items() if k not in drop} == {
+        k: v for k, v in jobs.items() if k not in drop
+    }
+    with pytest.raises(ValueError, match="method.executor must be inline, local or slurm"):
+        run(cfg_factory(*overrides, "method.executor=ray", name="bad"))

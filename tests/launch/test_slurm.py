@@ -112,3 +112,22 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     }
     assert got == want
     assert _wait_until_queue_empty() == []
+
+
+def test_ecco_robustness_draws_as_slurm_jobs(tmp_path):
+    out = tmp_path / "study"
+    proc = run_cli(
+        "debug=fast", "method=ecco_robustness", "method.trials=1", "method.optimizers=[ecco,adam]",
+        "method.executor=slurm", "method.job.gpus_per_node=0", "method.job.cpus_per_task=1", "method.job.mem_gb=2",
+        "method.job.timeout_min=10", "trainer.threads=1", f"hydra.run.dir={out}",
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("ecco-000", "adam-000"):
+        row = json.loads((out / "trials" / name / "result.json").read_text())
+        assert 0.0 <= row["test_acc"] <= 1.0
+    # one job array of two tasks: submitit's logs carry the SLURM array job id
+    logs = sorted(p.name for p in (out / "submitit").glob("*_0_log.out"))
+    assert len(logs) == 2 and all("_" in n for n in logs)
+    assert (out / "robustness.png").exists()
+    assert _wait_until_queue_empty() == []
