@@ -6,6 +6,10 @@ Two range variants (brief §3):
   T_max ~ randint(1,300). SGD momentum 0.9 + cosine: lr ~ U(0,1), wd = 10^randint(−8,−1), T_max ~ randint(50,500).
   AdaGrad: lr, lr_decay ~ U(0,1), wd = 10^randint(−8,−1). RMSprop: lr, alpha ~ U(0,1), wd = 10^randint(−8,−1).
   Uniform draws are rounded to 6 decimals as in the scripts (and kept > 0: U(0,1) may round to 0).
+* ``paper_lstm``: the original's ranges for its LSTM power task, where three optimizers differ: SGD momentum
+  0.9 + cosine with lr ~ U(0.9, 1.5) and **wd ~ U(0.9, 1.5)** (as the script has it: a weight decay near 1, which
+  pulls the weights to 0 every step), T_max ~ randint(50, 500); AdaGrad lr, lr_decay, wd ~ U(0,1); RMSprop
+  lr, alpha, wd ~ U(0,1). ECCO and Adam as ``paper``.
 * ``loguniform``: the same knobs on log scales around sensible values, β₂ > β₁, weight decay ≤ 1e-2 and a
   cosine schedule over the whole run (the brief's §4 item 17 fix of the handicapped baselines).
 
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 
 OPTIMIZERS = ("ecco", "adam", "sgd_momentum", "adagrad", "rmsprop")
-RANGES = ("paper", "loguniform")
+RANGES = ("paper", "paper_lstm", "loguniform")
 _MIN_UNIFORM = 1e-6
 
 
@@ -48,7 +52,7 @@ def draw(
         optimizer: one of :data:`OPTIMIZERS`.
         trial: the trial index.
         seed: the study seed.
-        ranges: ``"paper"`` or ``"loguniform"``.
+        ranges: ``"paper"``, ``"paper_lstm"`` or ``"loguniform"``.
         epochs: the training length (the cosine horizon of the log-uniform variant).
 
     Returns:
@@ -62,7 +66,18 @@ def draw(
     if ranges not in RANGES:
         raise ValueError(f"ranges must be one of {RANGES}, got {ranges!r}")
     rng = _rng(seed, optimizer, trial, ranges)
-    if ranges == "paper":
+    if ranges == "paper_lstm" and optimizer in ("sgd_momentum", "adagrad", "rmsprop"):
+        if optimizer == "sgd_momentum":
+            return {
+                "lr": _u(rng, 0.9, 1.5),
+                "momentum": 0.9,
+                "weight_decay": _u(rng, 0.9, 1.5),
+                "t_max": int(rng.integers(50, 501)),
+            }
+        if optimizer == "adagrad":
+            return {"lr": _u(rng, 0, 1), "lr_decay": _u(rng, 0, 1), "weight_decay": _u(rng, 0, 1)}
+        return {"lr": _u(rng, 0, 1), "alpha": _u(rng, 0, 1), "weight_decay": _u(rng, 0, 1)}
+    if ranges in ("paper", "paper_lstm"):
         if optimizer == "ecco":
             return {"alpha_0": _u(rng, 0, 1), "eta": _u(rng, 0, 100)}
         if optimizer == "adam":

@@ -144,3 +144,32 @@ def test_robustness_draws_as_submitit_jobs_equal_the_inline_study(cfg_factory, t
     }
     with pytest.raises(ValueError, match="method.executor must be inline, local or slurm"):
         run(cfg_factory(*overrides, "method.executor=ray", name="bad"))
+
+
+def test_lstm_power_study_reports_the_mse_distribution(cfg_factory, tmp_path):
+    from tests.common.test_data import write_power
+
+    write_power(tmp_path)
+    cfg = cfg_factory(
+        "experiment=ecco_power_lstm", f"paths.data_dir={tmp_path}", "dataset.resample=null", "method.trials=2",
+        "method.optimizers=[ecco,sgd_momentum]", "trainer.epochs=1", "network.hidden_size=8",
+    )  # fmt: skip
+    assert cfg.method.ranges == "paper_lstm" and cfg.dataset.in_channels == len(cfg.dataset.features) == 6
+    results = run(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "trials.csv")))
+    assert len(rows) == 4 and "test_acc" not in rows[0]
+    # the summary is of the test MSE; SGD's draws are the LSTM ranges' (weight decay near 1)
+    assert {"ecco_test_loss_median", "sgd_momentum_test_loss_q3"} <= set(results)
+    wd = [float(r["weight_decay"]) for r in rows if r["optimizer"] == "sgd_momentum"]
+    assert all(0.9 <= w <= 1.5 for w in wd)
+
+
+def test_paper_lstm_ranges():
+    for k in range(20):
+        sgd = draw("sgd_momentum", k, ranges="paper_lstm")
+        assert 0.9 <= sgd["lr"] <= 1.5 and 0.9 <= sgd["weight_decay"] <= 1.5 and 50 <= sgd["t_max"] <= 500
+        ada = draw("adagrad", k, ranges="paper_lstm")
+        assert all(0 < ada[key] <= 1 for key in ("lr", "lr_decay", "weight_decay"))
+        rms = draw("rmsprop", k, ranges="paper_lstm")
+        assert all(0 < rms[key] <= 1 for key in ("lr", "alpha", "weight_decay"))
+        assert set(draw("ecco", k, ranges="paper_lstm")) == {"alpha_0", "eta"}
