@@ -126,6 +126,9 @@ class MARTHE:
             validation gradient, as the original.
         first_order: drop the A_t Z_t term (Z ← B_t), i.e. μ = 0 in the tangent.
         mode: ``"default"`` or ``"paper"``.
+        max_lr_change: default mode only: cap the LR step |β·hg| at ``max_lr_change``·η_t (brief B13; None: no
+            cap). With a value below 1 the LR changes by at most that factor per step and never reaches 0 from
+            η_0 > 0; :attr:`capped` counts the capped steps. The β and μ rules still see the uncapped hg.
     """
 
     def __init__(
@@ -142,9 +145,15 @@ class MARTHE:
         grad_clipping: float | None = None,
         first_order: bool = False,
         mode: str = "default",
+        max_lr_change: float | None = None,
     ):
         if mode not in ("default", "paper"):
             raise ValueError(f"mode must be 'default' or 'paper', got {mode!r}")
+        if max_lr_change is not None:
+            if mode == "paper":
+                raise ValueError("max_lr_change: the original has no cap on the LR step; use mode='default'")
+            if not max_lr_change > 0:
+                raise ValueError(f"max_lr_change must be > 0 or None, got {max_lr_change}")
         if hyper_lr < 0:
             raise ValueError(f"hyper_lr must be >= 0, got {hyper_lr}")
         if alpha < 0:
@@ -195,6 +204,8 @@ class MARTHE:
         self.first_order = first_order
         self.t = 0
         self.skipped = 0
+        self.capped = 0
+        self.max_lr_change = None if max_lr_change is None else float(max_lr_change)
         self.clip_count = 0
         self._clip_pending: list[Tensor] = []  # clip counts of this step, read at its one host sync
         n = len(self.params)
@@ -557,7 +568,13 @@ class MARTHE:
             eta32.add_(torch.tensor(hg, dtype=torch.float32), alpha=-self.beta)
             new_eta = float(eta32)
         else:
-            new_eta = self.eta - self.beta * hg
+            change = self.beta * hg
+            if self.max_lr_change is not None:
+                cap = self.max_lr_change * self.eta
+                if abs(change) > cap:
+                    change = math.copysign(cap, change)
+                    self.capped += 1
+            new_eta = self.eta - change
             if self.clip_lr:
                 new_eta = max(0.0, new_eta)
         if self.beta_rule == "adatune":
@@ -601,6 +618,7 @@ class MARTHE:
                 "prev_hg": self.prev_hg,
                 "t": self.t,
                 "skipped": self.skipped,
+                "capped": self.capped,
                 "clip_count": self.clip_count,
             },
             "tangent": {k: [None if z is None else z.detach().clone() for z in v] for k, v in self.z.items()},
@@ -617,6 +635,7 @@ class MARTHE:
             int(tuner["skipped"]),
             int(tuner["clip_count"]),
         )
+        self.capped = int(tuner.get("capped", 0))
         for k, zs in state["tangent"].items():
             self.z[k] = [
                 None if z is None else z.to(device=p.device, dtype=p.dtype) for z, p in zip(zs, self.params)

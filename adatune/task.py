@@ -2,9 +2,11 @@
 
 * ``hd``: :class:`~adatune.hd.SGDHD`/:class:`~adatune.hd.AdamHD` built from ``cfg.optimizer`` (training-loss HD).
 * ``hd_val``, ``rtho``, ``marthe``: :class:`~adatune.marthe.MARTHE` around ``cfg.optimizer`` with μ = 0, 1 and
-  ``method.mu``. The validation loss of each hypergradient comes from the validation split carved from the
-  training set (never the test set), one batch per step, drawn from a seeded permutation indexed by the global
-  step, so a resumed run sees the same batches as an uninterrupted one.
+  ``method.mu``. The validation loss of each hypergradient comes from a split of the training data, never the
+  test set: the data set's own validation split (``method.val_fraction=null``, itself carved from the training
+  set) or ``method.val_fraction`` of the training split carved here (:func:`carve_validation`; the rest is
+  trained on). One batch per step, drawn from a seeded permutation indexed by the global step, so a resumed run
+  sees the same batches as an uninterrupted one.
 
 The LR (and μ, β, the hypergradient) are logged to ``metrics.jsonl`` every ``method.log_every`` steps under
 ``adatune/*`` and written to ``lr_schedule.csv`` (and plotted in ``lr_schedule.png``) at the end.
@@ -13,8 +15,10 @@ The LR (and μ, β, the hypergradient) are logged to ``metrics.jsonl`` every ``m
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,10 @@ from torch import nn
 
 from adatune.hd import SGDHD, AdamHD
 from adatune.marthe import MARTHE
+from common.data import DataBundle
+from common.data.loaders import TensorLoader, TensorSource
 from common.data.seeds import epoch_permutation
+from common.data.splits import holdout_split
 from common.engine import RunContext, Trainer, default_loss
 from common.factory import build_optimizer, make_data, make_model
 
@@ -64,6 +71,59 @@ def hd_optimizer(base: torch.optim.Optimizer, hypergrad_lr: float, mode: str) ->
     raise ValueError(f"method.algorithm=hd needs optimizer=sgd*/adam, got {type(base).__name__}")
 
 
+def carve_validation(data: DataBundle, fraction: float, seed: int) -> tuple[DataBundle, TensorLoader]:
+    """Hold ``fraction`` of the training split out for the hypergradients (``method.val_fraction``).
+
+    The held-out samples (``ceil(fraction·n)``, stratified by label when possible, seeded by ``seed``) are
+    removed from the training loader, which keeps its batch size, run seed, shuffling, augmentation and
+    normalisation (the statistics of the whole training split). The test split is not touched.
+
+    Returns:
+        The bundle with the reduced training loader (``meta["tuner_val"]`` holds the kept and held-out
+        indices into the original training split) and the fixed-order loader of the held-out samples.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"method.val_fraction must be in (0, 1) or null, got {fraction}")
+    train = data.train
+    source = getattr(train, "source", None)
+    if not isinstance(train, TensorLoader) or not isinstance(source, TensorSource):
+        raise ValueError(
+            f"method.val_fraction needs an in-memory labelled data set; dataset={data.name} is not one: "
+            "set method.val_fraction=null to use its own validation split"
+        )
+    n = len(source)
+    kept, held = holdout_split(source.y.cpu().numpy(), math.ceil(fraction * n), seed)
+    if len(kept) == 0:
+        raise ValueError(f"method.val_fraction={fraction} leaves no training samples of {n}")
+    kept_t = torch.from_numpy(kept).to(source.device)
+    held_t = torch.from_numpy(held).to(source.device)
+    reduced = TensorLoader(
+        TensorSource(*source.fetch(kept_t)),
+        batch_size=train.batch_size,
+        seed=train.seed,
+        shuffle=train.shuffle,
+        transform=train.transform,
+        augment=train.augment,
+        drop_last=train.drop_last,
+    )
+    val = TensorLoader(
+        TensorSource(*source.fetch(held_t)),
+        batch_size=train.batch_size,
+        seed=train.seed,
+        shuffle=False,
+        transform=train.transform,
+        augment=False,
+    )
+    meta = {**data.meta, "tuner_val": {"kept": kept, "held": held}}
+    log.info(
+        "method.val_fraction=%s: %d of %d training samples held out for the hypergradients",
+        fraction,
+        len(held),
+        n,
+    )
+    return dataclasses.replace(data, train=reduced, meta=meta), val
+
+
 class ValidationStream:
     """Validation batch number ``step`` as a pure function of ``step`` (resumable, shuffled when possible).
 
@@ -93,12 +153,37 @@ class ValidationStream:
 
 
 def _val_closure(
-    model: nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor], bn_eval: bool
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    bn_eval: bool,
+    update_bn_stats: bool = False,
 ) -> Callable[[], torch.Tensor]:
+    """E(w_{t+1}) on ``batch``: BatchNorm in eval mode (``bn_eval``), or with the batch's statistics.
+
+    With batch statistics the running statistics are left as they are, unless ``update_bn_stats`` (the
+    original, which ran the validation batch in train mode: brief B7; ``method.mode=paper``).
+    """
+
     def val_loss() -> torch.Tensor:
         x, y = batch
-        if not bn_eval:  # the original: train mode, BatchNorm uses and updates batch statistics (brief B7)
-            return loss_fn(model(x), y)
+        if not bn_eval:
+            if update_bn_stats:
+                return loss_fn(model(x), y)
+            # train mode without tracking: F.batch_norm gets no running buffers, so it normalises with the
+            # batch statistics and updates nothing (num_batches_tracked included)
+            bns = [
+                mod
+                for mod in model.modules()
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats
+            ]
+            for mod in bns:
+                mod.track_running_stats = False
+            try:
+                return loss_fn(model(x), y)
+            finally:
+                for mod in bns:
+                    mod.track_running_stats = True
         model.eval()
         try:
             return loss_fn(model(x), y)
@@ -114,10 +199,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     if m.algorithm not in ALGORITHMS:
         raise ValueError(f"method.algorithm must be one of {ALGORITHMS}, got {m.algorithm!r}")
     data = make_data(cfg, ctx.device)
-    if data.val is None and m.algorithm != "hd":
+    tuner_val = data.val
+    if m.get("val_fraction") is not None:
+        # carved for every algorithm (hd included), so that a sweep over algorithms trains on the same samples
+        data, tuner_val = carve_validation(data, float(m.val_fraction), int(cfg.dataset.get("split_seed", 0)))
+    elif data.val is None and m.algorithm != "hd":
         raise ValueError(
             f"method.algorithm={m.algorithm} needs a validation split of the training set; dataset={cfg.dataset.name} "
-            "has none (set its val_fraction/val_size > 0)"
+            "has none (set its val_fraction/val_size > 0, or method.val_fraction)"
         )
     model = make_model(cfg, data, ctx.device)
     base = build_optimizer(cfg.optimizer, model.parameters())
@@ -139,10 +228,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
             grad_clipping=m.grad_clipping,
             first_order=m.first_order,
             mode=m.mode,
+            max_lr_change=m.get("max_lr_change"),
         )
         optimizer = tuner
     val_stream = (
-        ValidationStream(data.val, m.val_batch_size or cfg.dataset.batch_size, cfg.seed) if tuner else None
+        ValidationStream(tuner_val, m.val_batch_size or cfg.dataset.batch_size, cfg.seed) if tuner else None
     )
     trainer: Trainer | None = None
 
@@ -151,7 +241,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         out = model(x)
         loss = loss_fn(out, y)
         if tuner is not None:
-            info = tuner.step(loss, _val_closure(model, loss_fn, val_stream(step), m.val_bn_eval))
+            val_loss = _val_closure(model, loss_fn, val_stream(step), m.val_bn_eval, m.mode == "paper")
+            info = tuner.step(loss, val_loss)
             record = {
                 "adatune/lr": info.lr,
                 "adatune/hypergradient": info.hypergradient,
@@ -176,6 +267,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         results["final_mu"] = tuner.mu
         results["final_hyper_lr"] = tuner.beta
         results["hyper_skipped"] = float(tuner.skipped)
+        results["hyper_capped"] = float(tuner.capped)
     _write_schedule(ctx)
     return results
 

@@ -220,6 +220,36 @@ def test_lr_never_negative_in_default_mode_but_can_be_in_paper_mode():
     assert all(i.next_lr == float(torch.tensor(i.next_lr, dtype=torch.float32)) for i in paper)
 
 
+def test_max_lr_change_caps_the_lr_step_relative_to_the_lr():
+    train, val = _data(n_batches=20)
+    make_opt = lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.5)  # noqa: E731
+    kw = dict(steps=20, hyper_lr=5.0, mu=0.9)  # the setting that drives the uncapped LR to 0 (test above)
+    _, _, free = _run_tuner(make_opt, 0.05, train, val, **kw)
+    _, tuner, capped = _run_tuner(make_opt, 0.05, train, val, max_lr_change=0.2, **kw)
+    assert min(i.next_lr for i in free) == 0.0
+    n_capped = 0
+    for i in capped:
+        step = i.lr - i.next_lr
+        assert abs(step) <= 0.2 * i.lr * (1 + 1e-12)
+        if abs(i.hyper_lr * i.hypergradient) > 0.2 * i.lr:  # capped: the step has the hypergradient's sign
+            n_capped += 1
+            assert step == pytest.approx(math.copysign(0.2 * i.lr, i.hypergradient), rel=1e-12)
+        else:
+            assert step == pytest.approx(i.hyper_lr * i.hypergradient, rel=1e-12)
+    assert n_capped == tuner.capped > 0
+    assert min(i.next_lr for i in capped) >= 0.05 * 0.8**20 > 0  # never collapses to 0
+    # the counter survives a state_dict round trip; paper mode refuses the cap
+    again = MARTHE(make_opt(_model().parameters(), 0.05), hyper_lr=5.0, mu=0.9, max_lr_change=0.2)
+    again.load_state_dict(tuner.state_dict())
+    assert again.capped == tuner.capped
+    with pytest.raises(ValueError, match="no cap"):
+        MARTHE(make_opt(_model().parameters(), 0.05), mode="paper", max_lr_change=0.2)
+    # a cap never reached changes nothing
+    _, _, loose = _run_tuner(make_opt, 0.01, train, val, steps=5, hyper_lr=1e-3, mu=0.9, max_lr_change=1e6)
+    _, _, plain = _run_tuner(make_opt, 0.01, train, val, steps=5, hyper_lr=1e-3, mu=0.9)
+    assert [i.next_lr for i in loose] == [i.next_lr for i in plain]
+
+
 def test_adaptive_mu_rules():
     train, val = _data(n_batches=10)
     for rule in ("tf", "adatune"):
