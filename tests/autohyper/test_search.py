@@ -31,7 +31,9 @@ def monotone(lr: float) -> float:
 @pytest.mark.parametrize("mode", ["paper", "improved"])
 def test_monotone_curve_all_zero_then_plateau_then_refine(mode):
     resp = Recorder(monotone)
-    r = search_lr(resp, mode=mode)
+    # improved mode's default (rel_lr_delta=0.6, chosen by the benchmark) stops at the first plateau; a finer
+    # exit makes it refine as the paper mode does, which is what this test follows (and the cache with it)
+    r = search_lr(resp, mode=mode, **({"rel_lr_delta": 0.25} if mode == "improved" else {}))
     branches = [s.branch for s in r.log]
     # Z(1e-4) = Z(5e-4) = 1: the floor moves up x5 twice, to 2.5e-3
     assert branches[:2] == ["all-zero", "all-zero"]
@@ -58,6 +60,19 @@ def test_monotone_curve_all_zero_then_plateau_then_refine(mode):
     assert resp.calls == pytest.approx([t.lr for t in r.trials if not t.cached])
     if mode == "improved":
         assert len(set(resp.calls)) == len(resp.calls)
+
+
+def test_improved_default_stops_after_the_first_plateau():
+    resp = Recorder(monotone)
+    r = search_lr(resp, mode="improved")
+    branches = [s.branch for s in r.log]
+    # rel_lr_delta=0.6 > the relative width of a two-step window of the grid (0.32 here, after two all-zero)
+    assert branches.count("plateau") == 1 and branches[-2:] == ["plateau", "exit-delta"]
+    assert r.lr == pytest.approx(r.log[-2].lr)
+    # the window after it, [grid[i-2], grid[i]] of geomspace(2.5e-3, 0.1, 20), is narrower than 0.6
+    assert 1 - (2.5e-3 / 0.1) ** (2 / 19) < 0.6
+    # 2 all-zero trials + the first walk, nothing retrained
+    assert r.num_trials == len(resp.calls) == len(r.trials)
 
 
 def test_paper_mode_numbers_are_float16_and_width_is_absolute():

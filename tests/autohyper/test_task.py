@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from autohyper import task
 from launch.run import run
@@ -60,6 +62,46 @@ def test_search_resumes_mid_search_and_train_phase_alone(cfg_factory, monkeypatc
     again = run(cfg)
     assert again["autohyper_lr"] == reference["autohyper_lr"]
     assert again["test_acc"] == reference["test_acc"]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "cls", "group_keys"),
+    [
+        # AdaBound from the maintained torch-optimizer package; its state carries the bound's final_lr and gamma
+        ("adabound", "torch_optimizer.AdaBound", {"final_lr": 0.1, "gamma": 1e-3}),
+        ("sgd_nesterov", "torch.optim.SGD", {"nesterov": True, "momentum": 0.9}),
+    ],
+)
+def test_optimizers_of_the_issue_run_search_and_training(
+    cfg_factory, monkeypatch, optimizer, cls, group_keys
+):
+    """``method=autohyper optimizer=<name>`` under debug=fast: the trials and the final training use it."""
+    import importlib
+
+    module, name = cls.rsplit(".", 1)
+    klass = getattr(importlib.import_module(module), name)
+    steps: list[str] = []
+    real_step = klass.step
+
+    def counting_step(self, *args, **kwargs):
+        steps.append(type(self).__qualname__)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(klass, "step", counting_step)
+    cfg = cfg_factory(*FAST, f"optimizer={optimizer}", name=optimizer)
+    results = run(cfg)
+    assert math.isfinite(results["test_loss"]) and results["autohyper_trials"] == 3
+    # 3 trials x 2 epochs x 3 batches in the search, then 1 epoch x 3 batches of the final training
+    assert steps == [name] * (3 * 2 * 3 + 3)
+    # weights_only=True, as the resume reads it (a non-primitive in the optimizer state would fail here)
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    # the scheduler decays "lr"; it keeps the LR it started from (the one the search found) in "initial_lr"
+    assert group["initial_lr"] == pytest.approx(results["autohyper_lr"])
+    for key, value in group_keys.items():
+        assert group[key] == pytest.approx(value)
+    # every trial checkpoint was readable on the next trial's resume check (none set aside as corrupt)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.corrupt-*"))
 
 
 def test_a_network_without_conv_layers_is_refused(cfg_factory):
