@@ -8,7 +8,8 @@ torch._foreach ops, plus one validation forward/backward), on the digits MLP (64
 ResNet-18 (batch 32, 3x32x32).
 Accuracy: digits MLP, SGD-momentum 0.9, from lr0 ∈ {0.001, 0.01, 0.1}: MARTHE, RTHO, HD (training loss), and the
 step, exponential and cosine-with-restarts schedules; final test accuracy and the LR at a few epochs.
-Accuracy, CIFAR-shaped (``accuracy_cifar``): the same comparison with LeNet-5 on the repo's synthetic
+Accuracy, CIFAR-shaped (``accuracy_cifar``): the same comparison with a small CNN (conv 3-8, conv 8-8 stride 2,
+linear; LeNet-5 stays at chance here) on the repo's synthetic
 class-conditional Gaussian images (``conf/dataset/synthetic.yaml``: 3x32x32, 10 classes, signal 4, no download),
 2048 train / 512 validation / 1000 test samples, batch 64.
 """
@@ -131,8 +132,14 @@ def _digits_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
 
 
-def _lenet5() -> nn.Module:
-    return build_model("lenet5", num_classes=10, in_channels=3, image_size=32)
+def _small_cnn() -> nn.Module:
+    # LeNet-5 stays at chance on these images: its pooling averages away the class-mean patterns, which are
+    # white noise in space; two 3x3 convs (the second strided) and a linear head keep the layout and learn them
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 16 * 16, 10),
+    )  # fmt: skip
 
 
 def accuracy(epochs: int, data=None, make_model=_digits_mlp, bs: int = 50, hyper_lr: float = 1e-3) -> None:
@@ -207,7 +214,7 @@ def main() -> None:
         accuracy(args.epochs, hyper_lr=args.hyper_lr)
     if args.part in ("accuracy_cifar", "all"):
         t0 = time.perf_counter()
-        accuracy(args.epochs, _synthetic_cifar(), _lenet5, bs=64, hyper_lr=args.hyper_lr)
+        accuracy(args.epochs, _synthetic_cifar(), _small_cnn, bs=64, hyper_lr=args.hyper_lr)
         print(f"accuracy_cifar: {time.perf_counter() - t0:.0f} s")
 
 
