@@ -31,7 +31,9 @@ def build_optimizer(
     activation limiting) receives the model itself; every other optimizer receives ``model.parameters()``.
     ``overrides`` replace config values (e.g. ``lr=`` for a learning rate found by a search).
     """
-    factory = instantiate(cfg_optimizer, **overrides)
+    # plain containers: a ListConfig (e.g. betas) kept in param_groups would make the checkpoint unreadable
+    # with torch.load(weights_only=True), i.e. look corrupt on resume
+    factory = instantiate(cfg_optimizer, **{"_convert_": "all", **overrides})
     if isinstance(params, torch.nn.Module):
         target = getattr(factory, "func", factory)
         return factory(params if getattr(target, "takes_model", False) else params.parameters())
