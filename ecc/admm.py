@@ -77,6 +77,9 @@ def group_prox(
         t = float((a_sorted - a_rho)[floor_s - 1])
         y = min(y, t / (2 * alpha))
     keep_sorted = ~(a_sorted < a_rho + 2 * alpha * y)
+    if floor_s >= 1:
+        # the cap makes 2 alpha y <= t exactly; t / (2 alpha) * (2 alpha) can round one ulp above t
+        keep_sorted[:floor_s] = True
     keep = torch.empty_like(keep_sorted)
     keep[order] = keep_sorted
     return keep, y
@@ -290,6 +293,65 @@ class ECCStep:
         st = self.state
         st.z = max(0.0, st.z + self.rho_z * (float(self.energy(st.s)) - self.budget))
         st.y = torch.clamp(st.y + self.rho_y * (self.phi - torch.floor(st.s)), min=0)
+
+
+@torch.no_grad()
+def project_to_budget(
+    model: nn.Module, energy_model: BilinearEnergyModel, budget: float
+) -> tuple[list[int], int]:
+    """Enforces E(phi) <= B on a masked net by zeroing whole input-channel groups, greedily.
+
+    The fallback of the default mode when ``admm_epochs`` end above the budget. Each step considers, in
+    every slot with more than one live group, its live group of smallest (plain) squared norm, and zeroes
+    the one with the largest *model-predicted* cost saved per squared norm removed; it stops as soon as
+    E(phi) <= B. Deterministic (ties go to the lowest slot, then the lowest channel).
+
+    Args:
+        model: The masked network (modified in place).
+        energy_model: The cost model of its width chain.
+        budget: B, absolute, in the model's units.
+
+    Returns:
+        ``(widths, removed)``: the live counts afterwards and how many groups were zeroed.
+    """
+    slots = width_slots(model)
+    chain = width_chain(model)
+    ends = (float(chain[0]), float(chain[-1]))
+
+    def cost(widths: torch.Tensor) -> float:
+        return float(energy_model.predict([ends[0], *widths.tolist(), ends[1]]))
+
+    scores = [group_scores(slot) for slot in slots]
+    alive = [sc > 0 for sc in scores]
+    phi = torch.tensor([float(a.sum()) for a in alive], dtype=torch.float64)
+    current, removed = cost(phi), 0
+    while current > budget:
+        best: tuple[float, int, int] | None = None
+        for u in range(len(slots)):
+            if phi[u] <= 1:
+                continue
+            live = alive[u].nonzero().flatten()
+            c = int(live[torch.argmin(scores[u][live])])
+            trial = phi.clone()
+            trial[u] -= 1
+            saved = current - cost(trial)
+            if saved <= 0:
+                continue
+            ratio = saved / max(float(scores[u][c]), 1e-30)
+            if best is None or ratio > best[0]:
+                best = (ratio, u, c)
+        if best is None:
+            raise ValueError(
+                f"cannot reach the budget {budget:.6g}: every slot is at width 1 (E = {current:.6g})"
+            )
+        _, u, c = best
+        dead = torch.zeros_like(alive[u])
+        dead[c] = True
+        zero_groups(slots[u], dead)
+        alive[u][c] = False
+        phi[u] -= 1
+        current, removed = cost(phi), removed + 1
+    return [int(p) for p in phi], removed
 
 
 def primal_param_groups(model: nn.Module, l2wd: float, mode: str) -> list[dict[str, Any]]:

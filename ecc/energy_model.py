@@ -4,6 +4,10 @@
 widths, the number of classes) and ``x_j = w_j / ub_j`` its widths relative to the dense network. Term j is
 weight layer j, which maps ``w_j`` channels to ``w_{j+1}``; its cost is (close to) proportional to the
 product of the two widths, which is what makes the model bilinear.
+
+For networks with coupled channels (residual adds) the widths are one variable per coupled group and the
+terms are the *edges* ``(i, j)`` of the weight layers (``ecc.prune.width_edges``): E = b + sum_e a_e x_i x_j.
+The chain is the special case ``edges = [(j, j + 1)]``.
 """
 
 from __future__ import annotations
@@ -56,19 +60,26 @@ class BilinearEnergyModel(torch.nn.Module):
     Args:
         width_upper_bounds: The dense width chain ``[ub_0, ..., ub_{L+1}]`` (input channels first, classes
             last).
+        edges: The terms ``(i, j)`` (indices into the chain); None: the chain ``(j, j + 1)``.
 
     Attributes:
         a: The L+1 layer coefficients (float64), in the cost's units.
         b: The bias (float64 scalar).
     """
 
-    def __init__(self, width_upper_bounds: Sequence[int]):
+    def __init__(self, width_upper_bounds: Sequence[int], edges: Sequence[tuple[int, int]] | None = None):
         super().__init__()
         ub = torch.as_tensor([float(u) for u in width_upper_bounds], dtype=torch.float64)
         if ub.numel() < 2 or bool((ub <= 0).any()):
             raise ValueError(f"width_upper_bounds needs >= 2 positive widths, got {list(width_upper_bounds)}")
         self.register_buffer("ub", ub)
-        self.register_buffer("a", torch.zeros(ub.numel() - 1, dtype=torch.float64))
+        if edges is None:
+            edges = [(j, j + 1) for j in range(ub.numel() - 1)]
+        e = torch.as_tensor([[int(i), int(j)] for i, j in edges], dtype=torch.long).reshape(-1, 2)
+        if e.numel() and (int(e.min()) < 0 or int(e.max()) >= ub.numel()):
+            raise ValueError(f"edges must index the {ub.numel()} widths, got {e.tolist()}")
+        self.register_buffer("edges", e)
+        self.register_buffer("a", torch.zeros(e.shape[0], dtype=torch.float64))
         self.register_buffer("b", torch.zeros((), dtype=torch.float64))
         self.meta: dict[str, Any] = {}
 
@@ -78,14 +89,14 @@ class BilinearEnergyModel(torch.nn.Module):
         return int(self.a.numel())
 
     def features(self, widths: torch.Tensor | np.ndarray | Sequence[float]) -> torch.Tensor:
-        """The adjacent products x_j x_{j+1}, shape ``[..., L+1]``."""
+        """The products x_i x_j of the edges (adjacent for a chain), shape ``[..., num_terms]``."""
         w = torch.as_tensor(widths, dtype=torch.float64, device=self.ub.device)
         if w.shape[-1] != self.ub.numel():
             raise ValueError(
                 f"widths must have {self.ub.numel()} entries (the full chain), got {w.shape[-1]}"
             )
         x = w / self.ub
-        return x[..., :-1] * x[..., 1:]
+        return x[..., self.edges[:, 0]] * x[..., self.edges[:, 1]]
 
     def predict(self, widths: torch.Tensor | np.ndarray | Sequence[float]) -> torch.Tensor:
         """E(w) for a width chain (or a batch of them); differentiable when ``widths`` requires grad."""
@@ -171,6 +182,7 @@ class BilinearEnergyModel(torch.nn.Module):
         """Tensors and primitives only (loadable with ``weights_only=True``)."""
         return {
             "ub": self.ub.cpu(),
+            "edges": self.edges.cpu(),
             "a": self.a.cpu(),
             "b": self.b.cpu(),
             "meta": {k: v for k, v in self.meta.items() if isinstance(v, str | int | float | bool)},
@@ -179,7 +191,8 @@ class BilinearEnergyModel(torch.nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BilinearEnergyModel:
         """Rebuilds a model from :meth:`to_state`."""
-        model = cls([float(u) for u in state["ub"]])
+        edges = state.get("edges")
+        model = cls([float(u) for u in state["ub"]], None if edges is None else edges.tolist())
         with torch.no_grad():
             model.a.copy_(state["a"])
             model.b.copy_(state["b"])

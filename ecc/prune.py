@@ -10,13 +10,25 @@ Zeroing group c is functionally identical to deleting channel c (brief §1.5): e
 layers is per-channel (BN, ReLU, pooling, flatten), so the dead channel's constant output meets a zero
 column. :func:`slim` deletes it for real: producer rows (with bias and BN entries), depthwise channels
 and consumer columns.
+
+Residual networks (the CIFAR ResNets) go through torch-pruning's ``DependencyGraph``: every group of coupled
+channels (the residual stream of a stage, whose producers - stem or block conv2, projection shortcut, with
+their BNs - are added together) is one :class:`CoupledSlot`, i.e. one width variable of the bilinear model,
+whose input-channel groups span *every* consumer that reads it (conv1 and shortcut of the next blocks, the
+fc). Zeroing channel c in all of them makes the channel dead, and :func:`slim` removes it with
+torch-pruning, which deletes it from every coupled producer, BN and consumer at once. The cost model of such
+a net is bilinear over the edges of :func:`width_edges` (one term per distinct pair (input slot, output slot)
+of a weight layer) instead of a chain. Concatenating nets (DenseNet) are refused: a concatenation maps a
+slot's channel c to a shifted input column of its consumers.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +37,8 @@ from common.models.alexnet import AlexNetSmall
 from common.models.mobilenet import MobileNetV1
 from common.models.vgg import VGG
 
-SUPPORTED = "alexnet_small, vgg*, mobilenet_v1(_imagenet)"
+SUPPORTED = "alexnet_small, vgg*, mobilenet_v1(_imagenet), and via torch-pruning resnet*"
+SEQUENTIAL = (AlexNetSmall, VGG, MobileNetV1)
 
 
 @dataclass
@@ -110,27 +123,165 @@ def _sequential_slots(model: nn.Module) -> list[WidthSlot]:
             else:
                 slots.append(WidthSlot(f"features.{i}.pw", blk.pw, blk.pw_bn, model.head.fc))
         return slots
-    raise NotImplementedError(
-        f"ECC width slots are implemented for {SUPPORTED}, not {type(model).__name__}; residual and "
-        "concatenating nets need coupled groups (torch-pruning's DependencyGraph), not done yet"
-    )
+    raise NotImplementedError(f"{type(model).__name__} is not a sequential net")
+
+
+@dataclass
+class CoupledSlot(WidthSlot):
+    """A group of coupled channels (torch-pruning's dependency group): one width variable.
+
+    ``producer`` is the first producing conv in forward order (the group's root for torch-pruning),
+    ``producers`` all convs/linears whose output channels are coupled (added together), ``consumers`` every
+    conv/linear reading the channels; ``consumer`` is the first of them.
+    """
+
+    producers: list[nn.Module] = field(default_factory=list)
+    consumers: list[nn.Module] = field(default_factory=list)
+
+    def group_tensors(self) -> list[tuple[nn.Parameter, bool]]:
+        """Channel c's group: column c of every consumer."""
+        return [(c.weight, False) for c in self.consumers]
+
+
+# model -> (DependencyGraph, slots); weak, so deep copies build their own
+_COUPLED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, list[CoupledSlot]]] = weakref.WeakKeyDictionary()
+
+
+def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def _coupled(model: nn.Module) -> tuple[Any, list[CoupledSlot]]:
+    """torch-pruning's dependency graph of ``model`` and its coupled slots, in forward order (cached)."""
+    if model in _COUPLED:
+        return _COUPLED[model]
+    import torch_pruning as tp
+
+    layers = _weight_layers(model)
+    if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in layers):
+        raise NotImplementedError(f"grouped convolutions in {type(model).__name__}: not supported")
+    first, last = layers[0], layers[-1]
+    example = torch.zeros(1, first.in_channels, 32, 32, device=first.weight.device, requires_grad=True)
+    was_training = model.training
+    model.eval()  # tracing runs a forward: keep the BN statistics
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    finally:
+        model.train(was_training)
+    order = {m: i for i, m in enumerate(model.modules())}
+    names = {m: n for n, m in model.named_modules()}
+    slots = []
+    for group in dg.get_all_groups(ignored_layers=[last], root_module_types=[nn.Conv2d, nn.Linear]):
+        producers, consumers, width = [], [], None
+        for dep, idxs in group:
+            mod = dep.target.module
+            channels = [int(getattr(i, "idx", i)) for i in idxs]
+            width = width or len(channels)
+            if channels != list(range(width)):
+                raise NotImplementedError(
+                    f"{type(model).__name__}: channels of {names.get(mod, mod)} are not the identity of their "
+                    "group (a concatenation); concatenating nets such as DenseNet are not supported"
+                )
+            if isinstance(mod, nn.Conv2d | nn.Linear):
+                role = dep.handler.__name__
+                (producers if role == "prune_out_channels" else consumers).append(mod)
+        if not producers or not consumers:
+            continue
+        producers.sort(key=order.__getitem__)
+        consumers.sort(key=order.__getitem__)
+        root = producers[0]
+        slots.append(
+            CoupledSlot(names[root], root, None, consumers[0], producers=producers, consumers=consumers)
+        )
+    slots.sort(key=lambda s: order[s.producer])
+    _COUPLED[model] = (dg, slots)
+    return dg, slots
 
 
 def width_slots(model: nn.Module) -> list[WidthSlot]:
     """The L prunable width slots of ``model``, in forward order."""
-    return _sequential_slots(model)
+    if isinstance(model, SEQUENTIAL):
+        return _sequential_slots(model)
+    try:
+        return list(_coupled(model)[1])
+    except NotImplementedError as exc:
+        raise NotImplementedError(f"ECC width slots are implemented for {SUPPORTED}: {exc}") from exc
+
+
+def width_edges(model: nn.Module) -> list[tuple[int, int]]:
+    """The terms of the bilinear model: ``(i, j)`` per weight layer reading chain entry i and writing j.
+
+    Chain entries are 0 (the input), 1..L (the slots) and L+1 (the classes). Sequential nets give the
+    chain ``(j, j + 1)``; coupled nets one term per distinct pair of some weight layer (deduplicated).
+    """
+    slots = width_slots(model)
+    if not any(isinstance(s, CoupledSlot) for s in slots):
+        return [(j, j + 1) for j in range(len(slots) + 1)]
+    reads, writes = {}, {}
+    for u, slot in enumerate(slots, start=1):
+        reads.update({m: u for m in slot.consumers})  # type: ignore[attr-defined]
+        writes.update({m: u for m in slot.producers})  # type: ignore[attr-defined]
+    edges = [(reads.get(m, 0), writes.get(m, len(slots) + 1)) for m in _weight_layers(model)]
+    return list(dict.fromkeys(edges))
+
+
+def layer_macs(model: nn.Module, example: torch.Tensor) -> list[tuple[int, int, float]]:
+    """``(i, j, macs)`` per conv/linear layer: its edge (as :func:`width_edges`) and dense MACs per sample."""
+    slots = width_slots(model)
+    coupled = any(isinstance(s, CoupledSlot) for s in slots)
+    layers = _weight_layers(model)
+    macs: dict[nn.Module, float] = {}
+
+    def hook(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            macs[mod] = out[0].numel() * k
+        else:
+            macs[mod] = out[0].numel() * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if coupled:
+        reads, writes = {}, {}
+        for u, slot in enumerate(slots, start=1):
+            reads.update({m: u for m in slot.consumers})  # type: ignore[attr-defined]
+            writes.update({m: u for m in slot.producers})  # type: ignore[attr-defined]
+        return [(reads.get(m, 0), writes.get(m, len(slots) + 1), float(macs[m])) for m in layers]
+    # chains: term j is weight layer j (MobileNet's depthwise conv folds into its block's term)
+    terms = [0.0] * (len(slots) + 1)
+    j = -1
+    for m in layers:
+        if not (isinstance(m, nn.Conv2d) and m.groups > 1):
+            j += 1
+            terms[j] += macs[m]
+        else:
+            terms[j + 1] += macs[m]
+    return [(j, j + 1, t) for j, t in enumerate(terms)]
 
 
 def first_layer(model: nn.Module) -> nn.Module:
     """The layer reading the input (for w_0)."""
     if isinstance(model, MobileNetV1):
         return model.stem.conv
-    return model.features[0].conv
+    if isinstance(model, SEQUENTIAL):
+        return model.features[0].conv
+    return _weight_layers(model)[0]
 
 
 def last_layer(model: nn.Module) -> nn.Module:
     """The classifier layer (for w_{L+1})."""
-    return model.head.fc
+    if isinstance(model, SEQUENTIAL):
+        return model.head.fc
+    return _weight_layers(model)[-1]
 
 
 def width_chain(model: nn.Module) -> list[int]:
@@ -227,6 +378,10 @@ def slim(model: nn.Module, keep: Sequence[torch.Tensor | Sequence[int]]) -> nn.M
     slots = width_slots(new)
     if len(keep) != len(slots):
         raise ValueError(f"keep has {len(keep)} entries, the network has {len(slots)} width slots")
+    if not isinstance(new, SEQUENTIAL):
+        return _slim_coupled(new, keep)
+    if len(keep) != len(slots):
+        raise ValueError(f"keep has {len(keep)} entries, the network has {len(slots)} width slots")
     for slot, idx in zip(slots, keep):
         idx = torch.as_tensor(idx, dtype=torch.long, device=slot.producer.weight.device).reshape(-1)
         if idx.numel() == 0:
@@ -238,6 +393,27 @@ def slim(model: nn.Module, keep: Sequence[torch.Tensor | Sequence[int]]) -> nn.M
         for m in slot.passthrough:
             _slice_out(m, idx)
         _slice_in(slot.consumer, idx, block)
+    return new
+
+
+def _slim_coupled(new: nn.Module, keep: Sequence[torch.Tensor | Sequence[int]]) -> nn.Module:
+    """Removes the channels outside ``keep`` of every coupled slot of ``new`` with torch-pruning (in place)."""
+    import torch_pruning as tp
+
+    dg, slots = _coupled(new)
+    for slot, idx in zip(slots, keep):
+        kept = sorted({int(i) for i in torch.as_tensor(idx).reshape(-1).tolist()})
+        if not kept:
+            raise ValueError(f"slot {slot.name} would lose every channel")
+        remove = sorted(set(range(slot.width)) - set(kept))
+        if remove:
+            fn = (
+                tp.prune_conv_out_channels
+                if isinstance(slot.producer, nn.Conv2d)
+                else tp.prune_linear_out_channels
+            )
+            dg.get_pruning_group(slot.producer, fn, remove).prune()
+    _COUPLED.pop(new, None)  # rebuilt on demand for the slim net
     return new
 
 

@@ -27,10 +27,10 @@ from common.engine import RunContext, Trainer, evaluate
 from common.factory import make_data, make_model
 from common.metrics import count_macs, count_parameters
 from common.task import train_model
-from ecc.admm import BudgetMet, ECCState, ECCStep, primal_param_groups
+from ecc.admm import BudgetMet, ECCState, ECCStep, primal_param_groups, project_to_budget
 from ecc.cost import CostBackend, collect_cost_data, make_backend
 from ecc.energy_model import BilinearEnergyModel, split_holdout
-from ecc.prune import live_counts, slim, slim_masked, width_chain
+from ecc.prune import live_counts, slim, slim_masked, width_chain, width_edges
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,41 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     tmp.replace(path)
+
+
+# The ADMM hyperparameters a null ``method.<key>`` resolves to, per mode (see :func:`admm_hparams`).
+DEFAULT_HP: dict[str, Any] = {
+    "primal": "adam", "plr": 1.0e-3, "l2wd": 1.0e-4, "pslr": 3.0, "psgrad_mask": True, "psgrad_clip": 1.0,
+    "rho_z": 10.0, "rho_y": 10.0, "distill": 0.5,
+}  # fmt: skip
+# admm_prox_train.py's argparse defaults (the AlexNet runs): SGD momentum 0.9, no --padam/--psgrad_mask/--psgrad_clip
+PAPER_HP: dict[str, Any] = {
+    "primal": "sgd", "plr": 1.0e-5, "l2wd": 0.0, "pslr": 0.01, "psgrad_mask": False, "psgrad_clip": 0.0,
+    "rho_z": 1.0, "rho_y": 1.0, "distill": 0.5,
+}  # fmt: skip
+# the original README's MobileNet-v1 recipe (--padam --plr 1e-5 --l2wd 1e-4 --pslr 3.0 --psgrad_mask
+# --psgrad_clip 1.0 --rho_z 10 --rho_y 10 --distill 0.5; its L2 is then silently off, see primal_param_groups)
+PAPER_HP_MOBILENET: dict[str, Any] = {
+    "primal": "adam", "plr": 1.0e-5, "l2wd": 1.0e-4, "pslr": 3.0, "psgrad_mask": True, "psgrad_clip": 1.0,
+    "rho_z": 10.0, "rho_y": 10.0, "distill": 0.5,
+}  # fmt: skip
+
+
+def admm_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The ADMM hyperparameters: each ``method.<key>`` as given, or the mode's default where it is null.
+
+    ``mode=default``: :data:`DEFAULT_HP`. ``mode=paper``: the original's, :data:`PAPER_HP_MOBILENET` for
+    MobileNet networks (the README recipe) and :data:`PAPER_HP` (argparse defaults) otherwise.
+    ``psgrad_clip <= 0`` means no clipping.
+    """
+    m = cfg.method
+    if m.mode == "paper":
+        base = PAPER_HP_MOBILENET if str(cfg.network.name).startswith("mobilenet") else PAPER_HP
+    else:
+        base = DEFAULT_HP
+    hp = {k: (m.get(k) if m.get(k) is not None else v) for k, v in base.items()}
+    hp["psgrad_clip"] = float(hp["psgrad_clip"]) if hp["psgrad_clip"] and hp["psgrad_clip"] > 0 else None
+    return hp
 
 
 def make_cost_backend(m: DictConfig) -> CostBackend:
@@ -93,7 +128,9 @@ def phase_energy_model(
         (folder / "data.tmp.npz").replace(data_path)
         _write_json(folder / "meta.json", meta)
     train, hold = split_holdout(len(costs), m.holdout, seed=m.fit_seed)
-    energy_model = BilinearEnergyModel(chain).fit(chains[train], costs[train], method=m.fit)
+    energy_model = BilinearEnergyModel(chain, width_edges(dense)).fit(
+        chains[train], costs[train], method=m.fit
+    )
     fit = {
         "fit_method": m.fit,
         "train_mrae": energy_model.mrae(chains[train], costs[train]),
@@ -128,17 +165,19 @@ def phase_admm(
     teacher = copy.deepcopy(dense).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    groups = primal_param_groups(student, m.l2wd, m.mode)
-    if m.primal == "adam":
-        opt = torch.optim.Adam(groups, lr=m.plr, betas=tuple(m.padam_beta))
+    hp = admm_hparams(cfg)
+    log.info("ADMM hyperparameters (%s mode): %s", m.mode, hp)
+    groups = primal_param_groups(student, hp["l2wd"], m.mode)
+    if hp["primal"] == "adam":
+        opt = torch.optim.Adam(groups, lr=hp["plr"], betas=tuple(m.padam_beta))
     else:
-        opt = torch.optim.SGD(groups, lr=m.plr, momentum=m.momentum)
+        opt = torch.optim.SGD(groups, lr=hp["plr"], momentum=m.momentum)
     state = ECCState(torch.tensor(chain[1:-1], dtype=torch.float64), y_init=m.yinit, z_init=m.zinit)
     slb = [max(1.0, m.slb * u) if m.slb < 1 else m.slb for u in chain[1:-1]]
     step = ECCStep(
-        student, teacher, opt, energy_model, budget, state, mode=m.mode, rho_z=m.rho_z, rho_y=m.rho_y,
-        pslr=m.pslr, psgrad_mask=m.psgrad_mask, psgrad_clip=m.psgrad_clip, s_int=m.s_int, slb=slb,
-        distill=m.distill,
+        student, teacher, opt, energy_model, budget, state, mode=m.mode, rho_z=hp["rho_z"], rho_y=hp["rho_y"],
+        pslr=hp["pslr"], psgrad_mask=hp["psgrad_mask"], psgrad_clip=hp["psgrad_clip"], s_int=m.s_int, slb=slb,
+        distill=hp["distill"],
     )  # fmt: skip
     trainer = Trainer.from_config(
         cfg, student, opt, data, ctx, epochs=m.admm_epochs, phase="admm", step_fn=step,
@@ -148,20 +187,29 @@ def phase_admm(
         trainer.fit()
     except BudgetMet as met:
         log.info("ADMM: %s", met)
+    admm_met = bool(state.done)
+    fallback_removed = 0
+    if not admm_met:
+        log.warning("ADMM ended after %d steps above the budget (E = %.6g > B = %.6g)", state.steps,
+                    float(energy_model.predict([chain[0], *live_counts(student), chain[-1]])), budget)  # fmt: skip
+        if m.mode == "default" and m.get("fallback", True):
+            _, fallback_removed = project_to_budget(student, energy_model, budget)
+            log.info("fallback: zeroed %d smallest-norm groups to meet the budget", fallback_removed)
     widths = live_counts(student)
+    predicted = float(energy_model.predict([chain[0], *widths, chain[-1]]))
     result = {
         "budget": budget,
         "dense_cost_pred": dense_cost,
-        "budget_met": bool(state.done),
+        "budget_met": predicted <= budget,
+        "admm_budget_met": admm_met,
+        "fallback_used": not admm_met and fallback_removed > 0,
+        "fallback_groups": fallback_removed,
         "admm_steps": state.steps,
-        "predicted_cost": float(energy_model.predict([chain[0], *widths, chain[-1]])),
+        "predicted_cost": predicted,
         "z": state.z,
         "s": state.s.tolist(),
         "widths": widths,
     }
-    if not state.done:
-        log.warning("ADMM ended after %d steps above the budget (E = %.6g > B = %.6g)", state.steps,
-                    result["predicted_cost"], budget)  # fmt: skip
     save_atomic({"model": student.state_dict()}, folder / "masked.pt")
     _write_json(folder / "result.json", result)
     return student, result
@@ -215,6 +263,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         "test_loss": final_eval.get("test_loss", float("nan")),
         "budget_ratio": admm["budget"] / admm["dense_cost_pred"],
         "budget_met": float(admm["budget_met"]),
+        "fallback_used": float(admm.get("fallback_used", False)),
         "admm_steps": float(admm["admm_steps"]),
         "predicted_cost_ratio": float(energy_model.predict([chain[0], *widths, chain[-1]]))
         / admm["dense_cost_pred"],

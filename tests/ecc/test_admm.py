@@ -117,3 +117,25 @@ def test_state_round_trip():
     back = ECCState(torch.zeros(2))
     back.load_state_dict(st.state_dict())
     assert torch.equal(back.s, st.s) and torch.equal(back.y, st.y) and back.z == 2.0 and back.steps == 7
+
+
+def test_admm_steps_on_resnet18_coupled_slots():
+    from ecc.prune import slim_masked, width_edges
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, in_channels=3, image_size=32)
+    chain = width_chain(model)
+    em = BilinearEnergyModel(chain, width_edges(model))
+    em.a.fill_(1.0)
+    state = ECCState(torch.tensor(chain[1:-1], dtype=torch.float64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    step = ECCStep(model, None, opt, em, 0.5 * em.dense_cost(), state, pslr=50.0, rho_y=1.0, distill=0.0)
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 4, (2,))
+    for _ in range(3):
+        step(x, y)
+        assert live_counts(model) == [int(p) for p in step.phi]
+    assert sum(step.phi.tolist()) < sum(chain[1:-1])  # the prox pruned coupled groups
+    model.eval()
+    slim_net, widths = slim_masked(model)
+    assert widths == live_counts(model)
+    torch.testing.assert_close(slim_net(x), model(x), atol=1e-5, rtol=1e-5)  # logits ~1e2 after lr 1e-2

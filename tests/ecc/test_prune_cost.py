@@ -10,7 +10,17 @@ from common.metrics import count_macs, count_parameters
 from common.models import build_model
 from ecc.cost import CostBackendUnavailable, collect_cost_data, make_backend, sample_widths
 from ecc.energy_model import BilinearEnergyModel
-from ecc.prune import live_counts, slim, slim_masked, width_chain, width_slots, zero_groups
+from ecc.prune import (
+    CoupledSlot,
+    layer_macs,
+    live_counts,
+    slim,
+    slim_masked,
+    width_chain,
+    width_edges,
+    width_slots,
+    zero_groups,
+)
 
 NETS = {
     "alexnet_small": dict(widths=[8, 12, 16, 12, 10], hidden=[20, 24], dropout=0.0),
@@ -23,7 +33,7 @@ NETS = {
 
 def _net(name, in_channels=3):
     torch.manual_seed(0)
-    model = build_model(name, num_classes=10, in_channels=in_channels, image_size=32, **NETS[name])
+    model = build_model(name, num_classes=10, in_channels=in_channels, image_size=32, **NETS.get(name, {}))
     for m in model.modules():  # non-trivial BN statistics, so a wrong slice shows
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
@@ -97,7 +107,45 @@ def test_unknown_backend():
         make_backend("joules")
 
 
-def test_unsupported_network_names_the_alternative():
-    model = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
-    with pytest.raises(NotImplementedError, match="torch-pruning"):
+def test_resnet18_coupled_slots_slim_equals_masked_and_macs_shrink_as_predicted():
+    model = _net("resnet18")
+    slots = width_slots(model)
+    assert all(isinstance(s, CoupledSlot) for s in slots) and len(slots) == 12
+    # the residual stream of stage 1 is one slot: stem, both conv2 of layer1 (and their BNs) are coupled
+    stream = slots[0]
+    assert {model.layer1[0].conv2, model.layer1[1].conv2} <= set(stream.producers)
+    assert {model.layer1[0].conv1, model.layer1[1].conv1, model.layer2[0].conv1} <= set(stream.consumers)
+    x = torch.randn(3, 3, 32, 32)
+    chain = width_chain(model)
+    edges = width_edges(model)
+    # the exact MACs model: one bilinear term per edge, a_e = the dense MACs of its layers, b = 0
+    macs_model = BilinearEnergyModel(chain, edges)
+    for i, j, macs in layer_macs(model, x):
+        macs_model.a[edges.index((i, j))] += macs
+    dense_macs = count_macs(model, x[:1])
+    assert macs_model.dense_cost() == pytest.approx(dense_macs, rel=1e-12)
+
+    g = torch.Generator().manual_seed(1)
+    for slot in slots:
+        dead = torch.rand(slot.width, generator=g) < 0.5
+        dead[0] = False
+        zero_groups(slot, dead)
+    slim_net, widths = slim_masked(model)
+    assert widths == live_counts(model) == width_chain(slim_net)[1:-1]
+    torch.testing.assert_close(slim_net(x), model(x), atol=1e-5, rtol=0)
+    predicted = float(macs_model.predict([chain[0], *widths, chain[-1]])) / dense_macs
+    assert count_macs(slim_net, x[:1]) / dense_macs == pytest.approx(predicted, rel=1e-12)
+    assert predicted < 0.5
+    # the slim state dict reloads into the dense net slimmed to the same widths
+    again = slim(_net("resnet18"), [torch.arange(w) for w in widths])
+    again.load_state_dict(slim_net.state_dict())
+    torch.testing.assert_close(again(x), model(x), atol=1e-5, rtol=0)
+    # the edge model survives save / load
+    restored = BilinearEnergyModel.from_state(macs_model.to_state())
+    assert restored.edges.tolist() == [list(e) for e in edges]
+
+
+def test_concatenating_network_is_refused_with_the_reason():
+    model = build_model("densenet_bc100", num_classes=10, in_channels=3, image_size=32, depth=10)
+    with pytest.raises(NotImplementedError, match="concatenat"):
         width_slots(model)

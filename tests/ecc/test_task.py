@@ -51,12 +51,86 @@ def test_ecc_finishes_under_budget_and_resumes_every_phase(cfg_factory, tmp_path
     assert all(torch.equal(w_ref[k], w_res[k]) for k in w_ref)
 
 
+# the default mode's ADMM hyperparameters, given explicitly: paper mode would otherwise take the original's
+DEFAULT_HP = ("method.primal=adam", "method.plr=1e-3", "method.l2wd=1e-4", "method.pslr=3.0",
+              "method.psgrad_mask=true", "method.psgrad_clip=1.0", "method.rho_z=10", "method.rho_y=10")  # fmt: skip
+
+
 def test_paper_mode_stops_at_budget_without_finetuning(cfg_factory, tmp_path):
-    results = run(cfg_factory(*TINY, "method.mode=paper", "method.budget=0.7", name="paper"))
+    results = run(cfg_factory(*TINY, *DEFAULT_HP, "method.mode=paper", "method.budget=0.7", name="paper"))
     assert results["budget_met"] == 1.0 and results["predicted_cost_ratio"] <= 0.7
     assert not (tmp_path / "paper" / "finetune").exists()
     # no fine-tuning: the slim net is the masked net, so their accuracies agree
     assert results["test_acc"] == pytest.approx(results["masked_test_acc"], abs=1e-9)
+
+
+def test_fallback_enforces_the_budget_when_admm_ends_above_it(cfg_factory, tmp_path):
+    # s barely moves in one epoch: ADMM cannot reach 0.4 of the dense MACs, the greedy projection does
+    results = run(
+        cfg_factory(*TINY, "method.admm_epochs=1", "method.pslr=1e-6", "method.budget=0.4", name="fb")
+    )
+    admm = json.loads((tmp_path / "fb" / "admm" / "result.json").read_text())
+    assert not admm["admm_budget_met"] and admm["fallback_groups"] > 0
+    assert results["fallback_used"] == 1.0 and results["budget_met"] == 1.0
+    assert results["predicted_cost_ratio"] <= 0.4
+    assert results["measured_cost_ratio"] == pytest.approx(results["predicted_cost_ratio"], rel=1e-9)
+    assert (tmp_path / "fb" / "finetune" / "model.pt").exists()
+
+
+def test_projection_to_budget_is_greedy_and_deterministic():
+    from common.models import build_model
+    from ecc.admm import project_to_budget
+    from ecc.energy_model import BilinearEnergyModel
+    from ecc.prune import live_counts, width_chain
+
+    def net():
+        torch.manual_seed(0)
+        return build_model("alexnet_small", num_classes=10, in_channels=3, image_size=32,
+                           widths=[8, 8, 8, 8, 8], hidden=[16, 16], dropout=0.0)  # fmt: skip
+
+    chain = width_chain(net())
+    em = BilinearEnergyModel(chain)
+    em.a.copy_(torch.tensor([1.0, 1, 1, 1, 5, 1, 1, 1], dtype=torch.float64))  # slot 5 (conv5 -> fc1) is dear
+    a, b = net(), net()
+    widths, removed = project_to_budget(a, em, 0.7 * em.dense_cost())
+    assert (widths, removed) == project_to_budget(b, em, 0.7 * em.dense_cost())
+    assert widths == live_counts(a) and removed == sum(chain[1:-1]) - sum(widths)
+    assert float(em.predict([chain[0], *widths, chain[-1]])) <= 0.7 * em.dense_cost()
+    assert widths[4] == min(widths)  # the dearest width goes first
+
+
+def test_paper_mode_takes_the_original_hyperparameters_unless_overridden(cfg_factory):
+    from ecc.task import DEFAULT_HP as DEFAULTS
+    from ecc.task import PAPER_HP, PAPER_HP_MOBILENET, admm_hparams
+
+    assert admm_hparams(cfg_factory(*TINY)) == DEFAULTS
+    paper = admm_hparams(cfg_factory(*TINY, "method.mode=paper"))
+    assert paper == {**PAPER_HP, "psgrad_clip": None}
+    assert (
+        paper["primal"] == "sgd" and paper["plr"] == 1e-5 and paper["pslr"] == 0.01 and paper["rho_z"] == 1.0
+    )
+    mobile = admm_hparams(cfg_factory("method=ecc", "network=mobilenet_v1", "method.mode=paper"))
+    assert mobile == PAPER_HP_MOBILENET and mobile["primal"] == "adam" and mobile["rho_y"] == 10.0
+    # a value the user gives wins in both modes
+    assert admm_hparams(cfg_factory(*TINY, "method.mode=paper", "method.plr=0.1"))["plr"] == 0.1
+    assert admm_hparams(cfg_factory(*TINY, "method.pslr=0.5"))["pslr"] == 0.5
+    assert admm_hparams(cfg_factory(*TINY, "method.psgrad_clip=0"))["psgrad_clip"] is None
+
+
+@pytest.mark.parametrize("experiment", ["ecc_cifar10_alexnet", "ecc_cifar10_mobilenet"])
+def test_paper_experiments_compose(cfg_factory, experiment):
+    from ecc.task import admm_hparams
+
+    cfg = cfg_factory(f"experiment={experiment}", fast=False)
+    assert cfg.method.name == "ecc" and cfg.dataset.name == "cifar10" and cfg.dataset.batch_size == 128
+    assert cfg.method.mode == "paper" and cfg.method.admm_epochs == 1000 and cfg.method.budget == 0.5
+    hp = admm_hparams(cfg)
+    if experiment.endswith("alexnet"):
+        assert cfg.network.name == "alexnet_small" and cfg.network.dropout == 0.0
+        assert cfg.method.cost == "tx2_alexnet" and hp["primal"] == "sgd" and hp["pslr"] == 0.01
+    else:
+        assert cfg.network.name == "mobilenet_v1" and cfg.method.cost == "energy_nvml"
+        assert hp["primal"] == "adam" and hp["plr"] == 1e-5 and hp["rho_z"] == 10.0
 
 
 def test_infeasible_budget_is_refused(cfg_factory):
