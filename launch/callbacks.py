@@ -1,4 +1,4 @@
-"""Hydra callbacks: the table printed at the end of a sweep."""
+"""Hydra callbacks: the table printed at the end of a sweep, and the sweep's plots."""
 
 from __future__ import annotations
 
@@ -40,6 +40,30 @@ class SweepSummary(Callback):
         if not rows:
             return
         print(f"\nSweep: {sweep_dir}\n{write_summary(sweep_dir, rows)}", flush=True)
+        for path in sweep_plots(sweep_dir):
+            print(f"plot: {path}", flush=True)
         failed = [r["job"] for r in rows if r["status"] != "done"]
         if failed:
             raise SystemExit(f"{len(failed)} of {len(rows)} jobs did not finish: {', '.join(failed)}")
+
+
+def sweep_plots(sweep_dir: Path) -> list[Path]:
+    """The plots of a finished sweep: LR against step of every job (any method that logs an LR), and the
+    accuracy-cost plot when the sweep holds ``method=ecc`` runs. A plot that fails is a warning, not a failed sweep.
+    """
+    from adatune.plots import plot_sweep_lr
+    from ecc.plot import load_points, plot_accuracy_cost
+
+    written: list[Path] = []
+    for name, make in (
+        ("LR curves", lambda: plot_sweep_lr(sweep_dir)),
+        ("accuracy-cost", lambda: plot_accuracy_cost(sweep_dir) if load_points(sweep_dir) else None),
+    ):
+        try:
+            path = make()
+        except Exception as exc:  # noqa: BLE001 - the table above is the sweep's result; a plot is extra
+            log.warning("%s plot of %s not written: %s", name, sweep_dir, exc)
+            continue
+        if path is not None:
+            written.append(Path(path))
+    return written

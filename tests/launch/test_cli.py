@@ -37,6 +37,10 @@ def test_cli_multirun_sweep(tmp_path):
         assert (sweep / job / "results.json").exists()
     assert "optimizer" in proc.stdout and "sgd" in proc.stdout and "adam" in proc.stdout
     assert (sweep / "summary.csv").exists() and (sweep / "summary.md").exists()
+    # the sweep's LR plot (method=train logs the LR every epoch); no ecc runs, so no accuracy-cost plot
+    assert f"plot: {sweep / 'lr_schedules.png'}" in proc.stdout
+    assert (sweep / "lr_schedules.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (sweep / "accuracy_cost.png").exists()
 
 
 def test_cli_unknown_network_lists_choices(tmp_path):
