@@ -263,35 +263,30 @@ def compress_part(seeds: int, epochs: int, repeats: int) -> None:
                         "widths": "-".join(map(str, w)),
                     }
                 )  # fmt: skip
-                r = run(
-                    compose_config(
-                        "method=ecc", *common, f"method.budget={budget}", f"method.dense_checkpoint={dense_ckpt}",
-                        "method.run=bench.ecc.run_uniform_finetune", output_dir=root / f"uft_s{seed}_b{budget}",
-                    )
-                )  # fmt: skip
-                w = [int(r[f"width_{u + 1}"]) for u in range(len(dense_ub))]
-                lat = latency_ratio(w, dense_ub, repeats)
+                # the baselines: cut from the same dense net to the budget's MACs, then fine-tuned E epochs
+                baselines = {}
+                for method, fn, tag in (
+                    ("uniform ft", "run_uniform_finetune", "uft"),
+                    ("L1 global ft", "run_l1_finetune", "l1"),
+                ):
+                    r = run(
+                        compose_config(
+                            "method=ecc", *common, f"method.budget={budget}", f"method.dense_checkpoint={dense_ckpt}",
+                            f"method.run=bench.ecc.{fn}", output_dir=root / f"{tag}_s{seed}_b{budget}",
+                        )
+                    )  # fmt: skip
+                    widths = [int(r[f"width_{u + 1}"]) for u in range(len(dense_ub))]
+                    baselines[method] = (r, widths, latency_ratio(widths, dense_ub, repeats))
+                    rows.append(
+                        {
+                            "budget": budget, "seed": seed, "method": method, "test acc": r["test_acc"],
+                            "MACs ratio": r["macs_ratio"], "CPU lat ratio": baselines[method][2],
+                            "widths": "-".join(map(str, widths)),
+                        }
+                    )  # fmt: skip
+                # uniform scaling trained from scratch at the uniform widths, 2E epochs
+                r, w, lat = baselines["uniform ft"]
                 uniform_macs = r["macs_ratio"]
-                rows.append(
-                    {
-                        "budget": budget, "seed": seed, "method": "uniform ft", "test acc": r["test_acc"],
-                        "MACs ratio": r["macs_ratio"], "CPU lat ratio": lat, "widths": "-".join(map(str, w)),
-                    }
-                )  # fmt: skip
-                r = run(
-                    compose_config(
-                        "method=ecc", *common, f"method.budget={budget}", f"method.dense_checkpoint={dense_ckpt}",
-                        "method.run=bench.ecc.run_l1_finetune", output_dir=root / f"l1_s{seed}_b{budget}",
-                    )
-                )  # fmt: skip
-                w1 = [int(r[f"width_{u + 1}"]) for u in range(len(dense_ub))]
-                rows.append(
-                    {
-                        "budget": budget, "seed": seed, "method": "L1 global ft", "test acc": r["test_acc"],
-                        "MACs ratio": r["macs_ratio"], "CPU lat ratio": latency_ratio(w1, dense_ub, repeats),
-                        "widths": "-".join(map(str, w1)),
-                    }
-                )  # fmt: skip
                 arch = (f"network.widths=[{','.join(map(str, w[:5]))}]", f"network.hidden=[{w[5]},{w[6]}]")
                 r = run(
                     compose_config(
