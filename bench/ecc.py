@@ -1,4 +1,4 @@
-"""ECC benchmark: the bilinear cost model on real CPU latencies, and ECC against uniform width scaling on digits.
+"""ECC benchmark: the bilinear cost model on real CPU latencies, and ECC against its baselines on digits.
 
     .venv/bin/python -m bench.ecc                       # both parts, about 5 minutes on 2 CPU cores
     .venv/bin/python -m bench.ecc --part fit --samples 1000 --repeats 50
@@ -18,7 +18,9 @@ Part ``compress``: digits, ``alexnet_small`` 16-32-32-32-32 / 64-64 (as ``tests/
 budgets 0.3 / 0.5 / 0.7 of the dense MACs. ``method=ecc`` (pretrain E epochs, ADMM until under budget, fine-tune
 E epochs) against uniform width scaling to the largest common factor whose MACs fit the budget, either cut from
 the same dense net (keeping each slot's channels with the largest group norm) and fine-tuned E epochs, or trained
-from scratch for 2E epochs. SGD lr 0.02 (cosine), seeds 0..``--seeds``-1. All through ``launch.run.run`` with composed configs, in a temporary folder.
+from scratch for 2E epochs; torch-pruning's global L1 pruning and NetAdapt (``ecc.netadapt``: 10 constant MACs
+steps, per slot the fewest smallest-L2 filters removed, 20-minibatch short-term fine-tune, best ``val`` accuracy
+kept), both from the same dense net and fine-tuned E epochs. SGD lr 0.02 (cosine), seeds 0..``--seeds``-1. All through ``launch.run.run`` with composed configs, in a temporary folder.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import copy
 import io
+import itertools
 import statistics
 import tempfile
 import time
@@ -48,6 +51,7 @@ from common.models import build_model
 from common.task import train_model
 from ecc.cost import make_backend, sample_widths
 from ecc.energy_model import BilinearEnergyModel, mrae, split_holdout
+from ecc.netadapt import netadapt, short_term_finetune
 from ecc.prune import group_scores, last_layer, slim, slim_to_widths, width_chain, width_slots
 from ecc.task import phase_dense
 
@@ -216,6 +220,43 @@ def run_l1_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     return out
 
 
+NETADAPT_ITERATIONS = 10  # constant step: (dense - budget) / 10 of the MACs per iteration
+NETADAPT_BATCHES = 20  # short-term fine-tune: 20 train minibatches (about half an epoch of digits)
+
+
+def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    """A ``method.run``: NetAdapt (``ecc.netadapt``) from the dense net (``method.dense_checkpoint``) to the
+    budget's MACs, proposals scored on the ``val`` split, then fine-tuned ``finetune_epochs``."""
+    m = cfg.method
+    data = make_data(cfg, ctx.device)
+    dense = phase_dense(cfg, ctx, data)
+    x, _ = next(iter(data.test.epoch_iter(0)))
+    x1 = x[:1]
+    dense_macs = count_macs(dense, x1)
+
+    def cost(widths: list[int]) -> float:
+        return float(count_macs(slim_to_widths(dense, widths), x1))
+
+    def short_term(net: torch.nn.Module, it: int) -> None:
+        batches = itertools.islice(data.train.epoch_iter(it), NETADAPT_BATCHES)
+        short_term_finetune(net, batches, lr=float(cfg.optimizer.lr))
+
+    def score(net: torch.nn.Module) -> float:
+        return evaluate(net, data.val, task=data.task, prefix="val", device=ctx.device)["val_acc"]
+
+    res = netadapt(
+        dense, cost, float(m.budget) * dense_macs, iterations=NETADAPT_ITERATIONS, short_term=short_term,
+        score=score, seed=int(cfg.seed),
+    )  # fmt: skip
+    net = res.model
+    train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
+    out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
+    out["macs_ratio"] = count_macs(net, x1) / dense_macs
+    out["netadapt_iterations"] = float(len(res.history))
+    out.update({f"width_{u + 1}": float(w) for u, w in enumerate(res.widths)})
+    return out
+
+
 def latency_ratio(widths: list[int], dense_widths: list[int], repeats: int) -> float:
     """CPU latency of the tiny AlexNet at ``widths`` over the dense one (1 thread, batch 1, 1x32x32)."""
     torch.manual_seed(0)
@@ -268,6 +309,7 @@ def compress_part(seeds: int, epochs: int, repeats: int) -> None:
                 for method, fn, tag in (
                     ("uniform ft", "run_uniform_finetune", "uft"),
                     ("L1 global ft", "run_l1_finetune", "l1"),
+                    ("NetAdapt ft", "run_netadapt_finetune", "na"),
                 ):
                     r = run(
                         compose_config(
