@@ -309,6 +309,12 @@ def accuracy(
         for k in (2, 4):
             ends = str(uniform_split(16, k).block_ends)
             rows.append((name, tag, k, ends, aux, (f"method.num_blocks={k}", f"method.aux={aux}")))
+    # the memory-balanced split (method.decoupling=balanced): what its early cuts cost in accuracy
+    probe_net = build_decoupled("vgg19", 10, 1, image_size=32, feat_mult=feat_mult, aux="mlp_sr", heads=False)
+    costs = block_costs(probe_net, torch.randn(4, 1, 32, 32), torch.arange(4))
+    for k in (2, 4):
+        overrides = (f"method.num_blocks={k}", "method.decoupling=balanced", "method.aux=mlp_sr")
+        rows.append(("balanced (MLP-SR)", "balanced", k, str(balanced_split(costs, k)), "mlp_sr", overrides))
     for k in (2, 4):
         dec = splits[k]
         heads = ",".join(str(h) for h in dec.heads)
