@@ -225,8 +225,8 @@ def accuracy(
 
     One search (``method=sedona_search``, seed 0, no evaluation) is reused for every seed, as the paper does.
     Every training uses the same recipe: ``sgd_momentum`` at ``lr`` (wd from the config), the per-block
-    per-iteration cosine to ``method.lr_min``, ``epochs`` epochs, best-validation selection when the trainer
-    has ``select``. The search pretrains with the same lr, momentum and weight decay.
+    per-iteration cosine to ``method.lr_min``, ``epochs`` epochs, best-validation selection
+    (``trainer.select=best_val``). The search pretrains with the same lr, momentum and weight decay.
     """
     from collections import Counter
 
@@ -236,13 +236,12 @@ def accuracy(
     root = Path(out) if out else Path(tempfile.mkdtemp(prefix="sedona_accuracy_"))
     root.mkdir(parents=True, exist_ok=True)
     probe = _compose(*ACC_BASE, "method=sedona", output_dir=root / "probe")
-    select = "select" in probe.trainer
     recipe = (
         *ACC_BASE,
         f"method.feat_mult={feat_mult}",
         f"optimizer.lr={lr}",
         f"trainer.epochs={epochs}",
-        *(("trainer.select=best_val",) if select else ()),
+        "trainer.select=best_val",
     )
     opt = probe.optimizer
     print(f"runs in {root}")
@@ -250,7 +249,7 @@ def accuracy(
         f"SEDONA VGG-19 (feat_mult {feat_mult}, L = 16), digits 1x32x32 (1257 train / 180 val / 360 test), "
         f"batch {probe.dataset.batch_size}, {epochs} epochs, SGD momentum {opt.momentum} lr {lr} wd "
         f"{opt.weight_decay}, per-block cosine per iteration to {probe.method.lr_min}, label smoothing "
-        f"{probe.method.label_smoothing} (PredSim 0), tested weights: {'best val' if select else 'last'}; "
+        f"{probe.method.label_smoothing} (PredSim 0), tested weights: best val; "
         f"CPU, 1 thread",
         flush=True,
     )
@@ -328,7 +327,7 @@ def accuracy(
             r, wall = _job(*recipe, "method=sedona", *overrides, f"seed={seed}", output_dir=folder)
             done += 1
             acc = float(r["test_acc"])
-            sel = float(r.get("selected_epoch", r.get("epochs", epochs)))
+            sel = float(r["selected_epoch"])
             results.setdefault((name, k), []).append((acc, wall, sel))
             print(
                 f"[{done}/{n_runs}] {name} K={k} seed {seed}: test acc {acc:.4f} (tested epoch {sel:.0f}), "
