@@ -5,7 +5,9 @@ Start from the dense net. Iteration i has the resource target ``max(B, C_{i-1} -
 MobileNet runs decay the step, the original ECC re-implementation shrinks the target geometrically by 0.96).
 For every width slot, the proposal removes the *fewest* output channels of that slot that bring the cost to
 the target (:func:`layer_proposal`, exact with the cost function, MACs here), dropping the filters of
-smallest L2 norm (:func:`filter_norms`, the producer's output filters, as the paper). Each proposal is
+smallest L2 norm (:func:`filter_norms`, the producer's output filters, as the paper). When no slot alone can
+reach an iteration's target (each iteration shrinks one slot), that iteration's step is halved until one can
+(no proposal is fine-tuned on the way, so this is free; a cost that no slot can lower raises). Each proposal is
 fine-tuned short-term (a few minibatches, :func:`short_term_finetune`) and scored on a held-out split; the
 best one (ties: the earliest slot) is kept, fine-tuned weights included. The loop stops when the cost is
 <= B; the caller then fine-tunes long-term.
@@ -105,7 +107,8 @@ def netadapt(
 
     Args:
         cost: Cost of the slot widths (``width_chain(model)[1:-1]``).
-        iterations: The constant step is ``(cost(dense) - budget) / iterations``.
+        iterations: The constant step is ``(cost(dense) - budget) / iterations`` (halved for an iteration in
+            which no slot alone can reach the target, so there can be more iterations).
         short_term: ``short_term(net, iteration)`` fine-tunes a proposal in place (the same batches for all
             proposals of an iteration).
         score: Held-out accuracy of a proposal (higher is better).
@@ -118,20 +121,28 @@ def netadapt(
     history: list[dict[str, float]] = []
     it = 0
     while c > budget:
-        target = max(budget, c - step)
         best: tuple[float, int, nn.Module, int] | None = None
-        for u in range(len(widths)):
-            w = layer_proposal(widths, u, target, cost)
-            if w is None or w >= widths[u]:
-                continue
-            cand = shrink_slot(current, u, w)
-            torch.manual_seed(seed * 100_003 + it)
-            short_term(cand, it)
-            s = float(score(cand))
-            if best is None or s > best[0]:
-                best = (s, u, cand, w)
-        if best is None:
-            raise RuntimeError(f"NetAdapt: no slot can reach the target {target:.6g} (widths {widths})")
+        it_step = step
+        while best is None:
+            target = max(budget, c - it_step)
+            for u in range(len(widths)):
+                w = layer_proposal(widths, u, target, cost)
+                if w is None or w >= widths[u]:
+                    continue
+                cand = shrink_slot(current, u, w)
+                torch.manual_seed(seed * 100_003 + it)
+                short_term(cand, it)
+                s = float(score(cand))
+                if best is None or s > best[0]:
+                    best = (s, u, cand, w)
+            if best is None:
+                # no single slot reaches this target (a large step late in the run, a non-MACs model):
+                # halve this iteration's step, which costs nothing (no proposal was fine-tuned)
+                if it_step <= abs(c) * 1e-12:
+                    raise RuntimeError(
+                        f"NetAdapt: no slot can reach the target {target:.6g} (widths {widths})"
+                    )
+                it_step /= 2
         s, u, current, w = best
         widths = [*widths[:u], w, *widths[u + 1 :]]
         c = cost(widths)

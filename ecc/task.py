@@ -1,20 +1,25 @@
 """Method ``ecc``: dense net -> cost data -> bilinear fit -> energy-constrained training -> removal -> fine-tune.
 
+``method.algorithm`` picks the compression step between the fit and the removal: ``ecc`` (ADMM, the paper's
+method) or ``netadapt`` (the paper's baseline, :mod:`ecc.netadapt`, on the same fitted energy model and budget).
 Each phase writes its artifact under the run folder and is skipped when the artifact exists, so a rerun of
-the same folder resumes at the first unfinished phase; the two training phases inside (``pretrain``,
-``admm``, ``finetune``) also resume mid-phase from the Trainer's checkpoint.
+the same folder resumes at the first unfinished phase; the training phases inside (``pretrain``, ``admm``,
+``finetune``) also resume mid-phase from the Trainer's checkpoint (NetAdapt reruns whole when killed inside).
 
 ```
 dense/model.pt  cost/data.npz cost/meta.json  cost/energy_model.pt cost/fit.json
-admm/masked.pt admm/result.json  slim/model.pt  finetune/model.pt  (results.json by launch)
+admm/masked.pt admm/result.json  (or netadapt/result.pt netadapt/result.json)
+slim/model.pt  finetune/model.pt  ecc_summary.json  (results.json by launch)
 ```
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,13 @@ from common.task import train_model
 from ecc.admm import BudgetMet, ECCState, ECCStep, primal_param_groups, project_to_budget
 from ecc.cost import CostBackend, collect_cost_data, make_backend
 from ecc.energy_model import BilinearEnergyModel, split_holdout
+from ecc.netadapt import netadapt, short_term_finetune
 from ecc.prune import live_counts, slim, slim_masked, width_chain, width_edges
 
 log = logging.getLogger(__name__)
+
+# the values of ``method.algorithm``
+ALGORITHMS = ("ecc", "netadapt")
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -144,6 +153,19 @@ def phase_energy_model(
     return energy_model, fit
 
 
+def energy_budget(m: DictConfig, energy_model: BilinearEnergyModel, chain: list[int]) -> tuple[float, float]:
+    """The budget B (``method.budget`` times the model's dense cost, or absolute with ``budget_absolute``) and
+    the model's dense cost; raises ValueError when B is below the model's cost of the all-ones network."""
+    dense_cost = float(energy_model.dense_cost())
+    budget = float(m.budget) if m.budget_absolute else float(m.budget) * dense_cost
+    ones_cost = float(energy_model.predict([chain[0], *([1] * (len(chain) - 2)), chain[-1]]))
+    if ones_cost > budget:
+        raise ValueError(
+            f"budget {budget:.6g} is below the cost of the all-ones network {ones_cost:.6g}: infeasible"
+        )
+    return budget, dense_cost
+
+
 def phase_admm(
     cfg: DictConfig, ctx: RunContext, data: Any, dense: torch.nn.Module, energy_model: BilinearEnergyModel
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -154,14 +176,8 @@ def phase_admm(
     if (folder / "result.json").exists():
         student.load_state_dict(load_verified(folder / "masked.pt")["model"])
         return student, json.loads((folder / "result.json").read_text())
-    dense_cost = energy_model.dense_cost()
-    budget = float(m.budget) if m.budget_absolute else float(m.budget) * dense_cost
     chain = width_chain(dense)
-    ones_cost = float(energy_model.predict([chain[0], *([1] * (len(chain) - 2)), chain[-1]]))
-    if ones_cost > budget:
-        raise ValueError(
-            f"budget {budget:.6g} is below the cost of the all-ones network {ones_cost:.6g}: infeasible"
-        )
+    budget, dense_cost = energy_budget(m, energy_model, chain)
     teacher = copy.deepcopy(dense).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -220,27 +236,124 @@ def rebuild_slim(cfg: DictConfig, data: Any, widths: list[int], device: torch.de
     return slim(make_model(cfg, data, device), [torch.arange(w) for w in widths])
 
 
+def phase_netadapt(
+    cfg: DictConfig, ctx: RunContext, data: Any, dense: torch.nn.Module, energy_model: BilinearEnergyModel
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """NetAdapt (:func:`ecc.netadapt.netadapt`) from the dense net down to the budget of the fitted model.
+
+    The cost of a proposal is the energy model's prediction on its width chain (what ECC's budget uses);
+    proposals are short-term fine-tuned on ``method.netadapt.batches`` train minibatches (SGD, ``lr`` or
+    ``optimizer.lr``, ``momentum``) and scored by accuracy on the ``val`` split. Returns the slim adapted net
+    and its summary; ``netadapt/result.pt`` (weights, widths, history) makes a rerun skip the phase. The global
+    RNG is left as it was, so what follows does not depend on whether the phase ran or was loaded.
+    """
+    m, na = cfg.method, cfg.method.netadapt
+    folder = ctx.output_dir / "netadapt"
+    path = folder / "result.pt"
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        if path.exists():
+            stored = load_verified(path)
+            widths = [int(w) for w in stored["widths"]]
+            net = rebuild_slim(cfg, data, widths, ctx.device)
+            net.load_state_dict(stored["model"])
+            return net, dict(stored["result"])
+        chain = width_chain(dense)
+        budget, dense_cost = energy_budget(m, energy_model, chain)
+        lr = float(na.lr) if na.lr is not None else float(cfg.optimizer.lr)
+
+        def cost(widths: list[int]) -> float:
+            return float(energy_model.predict([chain[0], *widths, chain[-1]]))
+
+        def short_term(net: torch.nn.Module, it: int) -> None:
+            batches = itertools.islice(data.train.epoch_iter(it), int(na.batches))
+            short_term_finetune(net, batches, lr=lr, momentum=float(na.momentum))
+
+        def score(net: torch.nn.Module) -> float:
+            return evaluate(net, data.val, task=data.task, prefix="val", device=ctx.device)["val_acc"]
+
+        res = netadapt(
+            dense, cost, budget, iterations=int(na.iterations), short_term=short_term, score=score,
+            seed=int(cfg.seed),
+        )  # fmt: skip
+        result = {
+            "budget": budget,
+            "dense_cost_pred": dense_cost,
+            "budget_met": res.cost <= budget,
+            "predicted_cost": res.cost,
+            "netadapt_iterations": len(res.history),
+            "widths": res.widths,
+            "history": res.history,
+        }
+        log.info("NetAdapt: %d iterations, widths %s, E = %.6g <= B = %.6g",
+                 len(res.history), res.widths, res.cost, budget)  # fmt: skip
+        _write_json(folder / "result.json", result)
+        save_atomic({"model": res.model.state_dict(), "widths": res.widths, "result": result}, path)
+        return res.model, result
+
+
+def phase_slim(
+    cfg: DictConfig, ctx: RunContext, data: Any, make: Callable[[], tuple[torch.nn.Module, list[int]]]
+) -> tuple[torch.nn.Module, list[int]]:
+    """The slim net before fine-tuning, ``slim/model.pt``: ``make()`` gives (net, widths) when it is missing.
+
+    Building modules draws from the global RNG, as does rebuilding them from the file; the RNG is restored so
+    that fine-tuning starts from the same state either way.
+    """
+    slim_path = ctx.output_dir / "slim" / "model.pt"
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        if slim_path.exists():
+            stored = load_verified(slim_path)
+            widths = [int(w) for w in stored["widths"]]
+            slim_net = rebuild_slim(cfg, data, widths, ctx.device)
+            slim_net.load_state_dict(stored["model"])
+        else:
+            slim_net, widths = make()
+            save_atomic({"model": slim_net.state_dict(), "widths": widths}, slim_path)
+    return slim_net, widths
+
+
+def check_algorithm(m: DictConfig) -> str:
+    """``method.algorithm`` (``ecc`` when absent); a ValueError naming the valid ones otherwise."""
+    algorithm = str(m.get("algorithm") or "ecc")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown method.algorithm={algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    return algorithm
+
+
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
-    """Runs the ECC pipeline; returns dense and final accuracy, cost ratios, widths (as ``width_<u>``)."""
+    """Runs the ECC pipeline; returns dense and final accuracy, cost ratios, widths (as ``width_<u>``).
+
+    ``method.algorithm=netadapt`` swaps the ADMM phase for NetAdapt on the same energy model and budget; the
+    rest (removal, fine-tuning, evaluation, measurement) is shared. ``method.mode`` then only decides the long
+    fine-tune, as for ECC: ``paper`` skips it (the original ``net_adapt.py``'s ``--lt_epochs 0`` default).
+    """
     m = cfg.method
+    algorithm = check_algorithm(m)
     data = make_data(cfg, ctx.device)
+    if algorithm == "netadapt" and (data.val is None or data.task != "classification"):
+        raise ValueError("method.algorithm=netadapt scores proposals by accuracy on the val split: it needs a "
+                         "classification data set with a validation split")  # fmt: skip
     dense = phase_dense(cfg, ctx, data)
     dense_eval = evaluate(dense, data.test, task=data.task, device=ctx.device)
     x, _ = next(iter(data.test.epoch_iter(0)))
     example = x[:1]
     energy_model, fit = phase_energy_model(cfg, ctx, dense, example)
-    masked, admm = phase_admm(cfg, ctx, data, dense, energy_model)
-    masked_eval = evaluate(masked, data.test, task=data.task, device=ctx.device)
-
-    slim_path = ctx.output_dir / "slim" / "model.pt"
-    if slim_path.exists():
-        stored = load_verified(slim_path)
-        widths = [int(w) for w in stored["widths"]]
-        slim_net = rebuild_slim(cfg, data, widths, ctx.device)
-        slim_net.load_state_dict(stored["model"])
+    if algorithm == "ecc":
+        masked, summary = phase_admm(cfg, ctx, data, dense, energy_model)
+        extra = {
+            "fallback_used": float(summary.get("fallback_used", False)),
+            "admm_steps": float(summary["admm_steps"]),
+        }
+        slim_net, widths = phase_slim(cfg, ctx, data, lambda: slim_masked(masked))
     else:
-        slim_net, widths = slim_masked(masked)
-        save_atomic({"model": slim_net.state_dict(), "widths": widths}, slim_path)
+        adapted, summary = phase_netadapt(cfg, ctx, data, dense, energy_model)
+        masked = adapted
+        extra = {"netadapt_iterations": float(summary["netadapt_iterations"])}
+        slim_net, widths = phase_slim(
+            cfg, ctx, data, lambda: (copy.deepcopy(adapted), list(summary["widths"]))
+        )
+    # ECC: the masked full-size net; NetAdapt: the adapted slim net; both before the long fine-tune
+    masked_eval = evaluate(masked, data.test, task=data.task, device=ctx.device)
 
     ft_path = ctx.output_dir / "finetune" / "model.pt"
     if m.finetune_epochs > 0 and m.mode == "default":
@@ -261,12 +374,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         "masked_test_acc": masked_eval.get("test_acc", float("nan")),
         "test_acc": final_eval.get("test_acc", float("nan")),
         "test_loss": final_eval.get("test_loss", float("nan")),
-        "budget_ratio": admm["budget"] / admm["dense_cost_pred"],
-        "budget_met": float(admm["budget_met"]),
-        "fallback_used": float(admm.get("fallback_used", False)),
-        "admm_steps": float(admm["admm_steps"]),
+        "budget_ratio": summary["budget"] / summary["dense_cost_pred"],
+        "budget_met": float(summary["budget_met"]),
+        **extra,
         "predicted_cost_ratio": float(energy_model.predict([chain[0], *widths, chain[-1]]))
-        / admm["dense_cost_pred"],
+        / summary["dense_cost_pred"],
         "measured_cost_ratio": slim_measured / dense_measured,
         "params_ratio": count_parameters(slim_net) / count_parameters(dense),
         "macs_ratio": count_macs(slim_net, ex) / count_macs(dense, ex),
@@ -274,7 +386,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     }
     results.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
     _write_json(
-        ctx.output_dir / "ecc_summary.json", {**results, "widths": widths, "dense_widths": chain[1:-1]}
+        ctx.output_dir / "ecc_summary.json",
+        {**results, "algorithm": algorithm, "widths": widths, "dense_widths": chain[1:-1]},
     )
     return results
 
