@@ -44,7 +44,7 @@ def _time(fn, reps: int) -> float:
 def step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int) -> dict[str, float]:
     """Median optimizer.step() time and full train-step time for SGD (foreach) and ECCO with/without limiting."""
     out = {}
-    for name in ("sgd", "ecco", "ecco_limited"):
+    for name in ("sgd", "ecco", "ecco_fused", "ecco_limited", "ecco_limited_fused"):
         if name == "sgd":
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, foreach=True)
         else:
@@ -52,7 +52,8 @@ def step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int) ->
                 model.parameters(),
                 eta=0.3,
                 alpha_0=1e-3,
-                limit_activations=model if name == "ecco_limited" else None,
+                limit_activations=model if "limited" in name else None,
+                fused="fused" in name,
             )
 
         def forward_backward(opt=opt):
@@ -67,7 +68,7 @@ def step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int) ->
         def only_step(opt=opt):
             opt.step()
 
-        if name == "ecco_limited":
+        if "limited" in name:
             # a step needs fresh inputs; time the step alone by re-running the forward outside the timer
             samples = []
             for _ in range(reps):
@@ -206,11 +207,18 @@ def main() -> None:
     }
     for label, (model, x, y) in cases.items():
         t = step_times(model, x, y, reps)
+        ratio = {
+            k: t[f"{k}_step"] / t["sgd_step"]
+            for k in ("ecco", "ecco_fused", "ecco_limited", "ecco_limited_fused")
+        }
+        train = {
+            k: t[f"{k}_train_step"] / t["sgd_train_step"] for k in ("ecco", "ecco_fused", "ecco_limited")
+        }
         print(
-            f"{label}: SGD step {t['sgd_step'] * 1e3:.2f} ms | "
-            f"ECCO step/SGD step {t['ecco_step'] / t['sgd_step']:.2f}, limited {t['ecco_limited_step'] / t['sgd_step']:.2f} | "
-            f"train step (fwd+bwd+step) ratio {t['ecco_train_step'] / t['sgd_train_step']:.2f}, "
-            f"limited {t['ecco_limited_train_step'] / t['sgd_train_step']:.2f} | "
+            f"{label}: SGD step {t['sgd_step'] * 1e3:.2f} ms | ECCO step/SGD step: foreach {ratio['ecco']:.2f}, "
+            f"fused {ratio['ecco_fused']:.2f}; limited: foreach {ratio['ecco_limited']:.2f}, "
+            f"fused {ratio['ecco_limited_fused']:.2f} | train step (fwd+bwd+step) ratio: foreach {train['ecco']:.2f}, "
+            f"fused {train['ecco_fused']:.2f}, limited {train['ecco_limited']:.2f} | "
             f"ECCO state {t['ecco_buffers']:.2f} parameter-sized buffers"
         )
 

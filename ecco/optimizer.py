@@ -68,6 +68,11 @@ class ECCO(Optimizer):
             keeps no gradient buffer.
         foreach: use the ``torch._foreach`` path in improved mode (None: when all of a group's tensors share
             one device and dtype).
+        fused: improved mode only: run the step as two ``torch.compile``d passes over the tensors (the gain,
+            θ̇ and ‖Δθ̇‖∞ in one; the update and the buffer copy in the other) instead of ~11 foreach passes.
+            2.5× faster steps on CPU (``bench/ecco.py``), equal to the foreach path to rounding (not bit for
+            bit: the compiler fuses and vectorises). The first step compiles (seconds; cached on disk); where
+            compiling fails the step falls back to the foreach path with one warning.
 
     Raises:
         ValueError: on an invalid argument, naming it.
@@ -86,6 +91,7 @@ class ECCO(Optimizer):
         dt_min: float = 0.0,
         zeta: bool = True,
         foreach: bool | None = None,
+        fused: bool = False,
     ):
         _check_positive("eta", eta)
         _check_positive("alpha_0", alpha_0)
@@ -96,6 +102,10 @@ class ECCO(Optimizer):
             raise ValueError(f"limit_floor must be >= 0, got {limit_floor}")
         if not (math.isfinite(dt_min) and 0 <= dt_min <= dt_max):
             raise ValueError(f"dt_min must be in [0, dt_max={dt_max}], got {dt_min}")
+        if fused and (mode != "improved" or foreach is False):
+            raise ValueError(
+                "fused=True needs mode='improved' and foreach not False (it replaces the foreach path)"
+            )
         defaults = dict(
             lr=dt_max,
             eta=eta,
@@ -105,6 +115,7 @@ class ECCO(Optimizer):
             dt_min=dt_min,
             zeta=zeta,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -118,6 +129,7 @@ class ECCO(Optimizer):
         self._counted = 0
         self._count_device: torch.Tensor | None = None
         self._reported = False
+        self._fused_failed = False
         if limit_activations is not None:
             self._setup_limiting(limit_activations)
 
@@ -227,7 +239,10 @@ class ECCO(Optimizer):
             started = [p for p in params if id(p) not in fresh_ids]
             if started:
                 if group["mode"] == "improved" and self._use_foreach(group, started):
-                    self._sweep_foreach(group, started)
+                    if group.get("fused") and not self._fused_failed:
+                        self._sweep_fused(group, started)
+                    else:
+                        self._sweep_foreach(group, started)
                 else:
                     self._sweep_reference(group, started)
             for p in params:
@@ -387,22 +402,8 @@ class ECCO(Optimizer):
         else:
             dthetas = grads
         torch._foreach_sub_(prev, dthetas)
-        raw = _abs_max(prev).reciprocal_().mul_(2 * group["eta"])
-        self._count_capped(raw, group["lr"])
-        dt = torch.clamp_max_(raw, group["lr"])
-        if group["dt_min"] > 0:
-            dt = torch.clamp_min_(dt, group["dt_min"])
-        steps = list(dt.unbind())
-        if self._recorder is not None and self._pairs:
-            index = {id(p): i for i, p in enumerate(params)}
-            for i, p in enumerate(params):
-                pair = self._pairs.get(id(p))
-                if pair is None or id(pair[3]) not in index:
-                    continue
-                j = index[id(pair[3])]
-                delta = self._limit_delta(group, pair, -steps[i] * dthetas[i], -steps[j] * dthetas[j])
-                steps[i] = self._floor(delta * steps[i], group["limit_floor"])
-                steps[j] = self._floor(delta * steps[j], group["limit_floor"])
+        dt = self._raw_to_dt(group, _abs_max(prev).reciprocal_().mul_(2 * group["eta"]))
+        steps = self._limit_steps(group, params, dthetas, list(dt.unbind()))
         # the old θ̇ buffer is free now: it holds the increment Δt·θ̇ (a fresh allocation costs ~3 passes
         # in page faults on CPU, and foreach ops have no out=), then the gradient, which is the next
         # step's gradient buffer (zeta) or θ̇ buffer (θ̇ = g)
@@ -410,6 +411,34 @@ class ECCO(Optimizer):
             torch.mul(dtheta, dt_i, out=buf)
         torch._foreach_sub_(params, prev)
         torch._foreach_copy_(prev, grads)
+        self._store_swapped(group, states, prev, dthetas, steps)
+
+    def _raw_to_dt(self, group: dict[str, Any], raw: torch.Tensor) -> torch.Tensor:
+        self._count_capped(raw, group["lr"])
+        dt = torch.clamp_max_(raw, group["lr"])
+        return torch.clamp_min_(dt, group["dt_min"]) if group["dt_min"] > 0 else dt
+
+    def _limit_steps(
+        self, group: dict[str, Any], params: list[torch.Tensor], dthetas: list[torch.Tensor], steps: list
+    ) -> list:
+        """The per-tensor steps after activation limiting of every (weight, bias) pair among ``params``."""
+        if self._recorder is None or not self._pairs:
+            return steps
+        index = {id(p): i for i, p in enumerate(params)}
+        for i, p in enumerate(params):
+            pair = self._pairs.get(id(p))
+            if pair is None or id(pair[3]) not in index:
+                continue
+            j = index[id(pair[3])]
+            delta = self._limit_delta(group, pair, -steps[i] * dthetas[i], -steps[j] * dthetas[j])
+            steps[i] = self._floor(delta * steps[i], group["limit_floor"])
+            steps[j] = self._floor(delta * steps[j], group["limit_floor"])
+        return steps
+
+    def _store_swapped(
+        self, group: dict[str, Any], states: list[dict], prev: list[torch.Tensor], dthetas: list, steps: list
+    ) -> None:
+        # ``prev`` (the old θ̇ buffers) now hold the gradients; with ζ the old gradient buffers hold θ̇
         if group["zeta"]:
             for state, grad_buf, dtheta, alpha in zip(states, prev, dthetas, steps, strict=True):
                 state["grad_prev"] = grad_buf
@@ -418,6 +447,80 @@ class ECCO(Optimizer):
         else:
             for state, alpha in zip(states, steps, strict=True):
                 state["alpha"] = alpha
+
+    def _sweep_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Improved mode as two compiled passes (``fused=True``): the foreach path's arithmetic, fused.
+
+        Pass 1 reads g, g_prev, θ̇_prev, writes θ̇ into the old gradient buffer and returns ‖θ̇_prev − θ̇‖∞
+        per tensor; pass 2 reads θ, θ̇, g, writes θ and copies g into the old θ̇ buffer. That is 8
+        parameter-sized reads/writes against SGD's 3, the floor for any implementation of this step (the
+        per-tensor reduction must finish before the update starts).
+        """
+        states = [self.state[p] for p in params]
+        grads = [p.grad for p in params]
+        prev = [s["dtheta_prev"] for s in states]
+        try:
+            if group["zeta"]:
+                dthetas = [s["grad_prev"] for s in states]
+                norms = _compiled("gain")(grads, dthetas, prev, [s["alpha"] for s in states])
+            else:
+                dthetas = grads
+                norms = _compiled("norms")(grads, prev)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once, loudly
+            log.warning(
+                "ECCO fused=True: torch.compile failed (%s: %s); using the foreach path",
+                type(exc).__name__,
+                exc,
+            )
+            self._fused_failed = True
+            self._sweep_foreach(group, params)
+            return
+        dt = self._raw_to_dt(group, norms.reciprocal().mul_(2 * group["eta"]))
+        steps = self._limit_steps(group, params, dthetas, list(dt.unbind()))
+        _compiled("update")(params, dthetas, grads, prev, steps)
+        self._store_swapped(group, states, prev, dthetas, steps)
+
+
+def _fused_gain(
+    grads: list[torch.Tensor],
+    grad_prev: list[torch.Tensor],
+    dtheta_prev: list[torch.Tensor],
+    alphas: list[torch.Tensor],
+) -> torch.Tensor:
+    # the foreach path's order: ġ = Δg·(1/a) (as (g_prev − g)·(−1/a)), s = g ⊙ ġ, ζ⁻¹ = √max(s, 1), θ̇ = ζ⁻¹ ⊙ g
+    norms = []
+    for g, gp, dp, a in zip(grads, grad_prev, dtheta_prev, alphas, strict=True):
+        dtheta = torch.sqrt(torch.clamp_min(g * ((gp - g) * (-(1 / a))), 1.0)) * g
+        norms.append((dp - dtheta).abs().amax() if g.numel() else g.new_zeros(()))
+        gp.copy_(dtheta)
+    return torch.stack(norms)
+
+
+def _fused_norms(grads: list[torch.Tensor], dtheta_prev: list[torch.Tensor]) -> torch.Tensor:
+    # without ζ, θ̇ = g
+    return torch.stack(
+        [(dp - g).abs().amax() if g.numel() else g.new_zeros(()) for g, dp in zip(grads, dtheta_prev)]
+    )
+
+
+def _fused_update(
+    params: list[torch.Tensor], dthetas: list[torch.Tensor], grads: list[torch.Tensor], prev: list[torch.Tensor],
+    steps: list[torch.Tensor],
+) -> None:  # fmt: skip
+    for p, dtheta, g, buf, dt in zip(params, dthetas, grads, prev, steps, strict=True):
+        p.sub_(dt * dtheta)
+        buf.copy_(g)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled(name: str) -> Callable:
+    # compiled lazily, once per process: dynamo re-specialises on new shapes itself (and caches on disk)
+    if name not in _COMPILED:
+        fn = {"gain": _fused_gain, "norms": _fused_norms, "update": _fused_update}[name]
+        _COMPILED[name] = torch.compile(fn)
+    return _COMPILED[name]
 
 
 def _abs_max(tensors: list[torch.Tensor]) -> torch.Tensor:
