@@ -363,6 +363,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
             train_model(cfg, slim_net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
             save_atomic({"model": slim_net.state_dict(), "widths": widths}, ft_path)
     final_eval = evaluate(slim_net, data.test, task=data.task, device=ctx.device)
+    # the sweep objective (conf/config.yaml: objective=val_acc) and best-config picking need a val metric
+    val_eval = (
+        {}
+        if data.val is None
+        else evaluate(slim_net, data.val, task=data.task, prefix="val", device=ctx.device)
+    )
 
     backend = make_cost_backend(m)
     ex = example.to(ctx.device)
@@ -374,6 +380,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         "masked_test_acc": masked_eval.get("test_acc", float("nan")),
         "test_acc": final_eval.get("test_acc", float("nan")),
         "test_loss": final_eval.get("test_loss", float("nan")),
+        **{k: v for k, v in val_eval.items() if k in ("val_acc", "val_loss")},
         "budget_ratio": summary["budget"] / summary["dense_cost_pred"],
         "budget_met": float(summary["budget_met"]),
         **extra,
