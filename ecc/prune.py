@@ -11,15 +11,19 @@ layers is per-channel (BN, ReLU, pooling, flatten), so the dead channel's consta
 column. :func:`slim` deletes it for real: producer rows (with bias and BN entries), depthwise channels
 and consumer columns.
 
-Residual networks (the CIFAR ResNets) go through torch-pruning's ``DependencyGraph``: every group of coupled
-channels (the residual stream of a stage, whose producers - stem or block conv2, projection shortcut, with
-their BNs - are added together) is one :class:`CoupledSlot`, i.e. one width variable of the bilinear model,
-whose input-channel groups span *every* consumer that reads it (conv1 and shortcut of the next blocks, the
-fc). Zeroing channel c in all of them makes the channel dead, and :func:`slim` removes it with
-torch-pruning, which deletes it from every coupled producer, BN and consumer at once. The cost model of such
-a net is bilinear over the edges of :func:`width_edges` (one term per distinct pair (input slot, output slot)
-of a weight layer) instead of a chain. Concatenating nets (DenseNet) are refused: a concatenation maps a
-slot's channel c to a shifted input column of its consumers.
+Residual and concatenating networks (the CIFAR ResNets, DenseNet-BC) go through torch-pruning's
+``DependencyGraph``: every group of coupled channels (the residual stream of a stage, whose producers - stem
+or block conv2, projection shortcut, with their BNs - are added together; in DenseNet the output of the stem,
+a transition or a dense layer's conv) is one :class:`CoupledSlot`, i.e. one width variable of the bilinear
+model, whose input-channel groups span *every* consumer that reads it (conv1 and shortcut of the next blocks,
+every later dense layer's conv1 and the transition, the fc). A consumer reading a concatenation sees the
+slot's channel c at input column ``offset + c`` (``CoupledSlot.offsets``, from torch-pruning's index
+mapping), and a consumer reading several slots belongs to each of them. Zeroing channel c in all consumers
+makes the channel dead, and :func:`slim` removes it with torch-pruning, which deletes it from every coupled
+producer, BN and consumer at once (and re-offsets the concatenations). The cost model of such a net is
+bilinear over the edges of :func:`width_edges` (one term per distinct pair (input slot, output slot) of a
+weight layer; a layer reading a concatenation of m slots gives m terms, its cost being linear in the sum of
+its input widths) instead of a chain.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from common.models.alexnet import AlexNetSmall
 from common.models.mobilenet import MobileNetV1
 from common.models.vgg import VGG
 
-SUPPORTED = "alexnet_small, vgg*, mobilenet_v1(_imagenet), and via torch-pruning resnet*"
+SUPPORTED = "alexnet_small, vgg*, mobilenet_v1(_imagenet), and via torch-pruning resnet*, densenet_bc*"
 SEQUENTIAL = (AlexNetSmall, VGG, MobileNetV1)
 
 
@@ -67,10 +71,29 @@ class WidthSlot:
         p = self.producer
         return p.out_channels if isinstance(p, nn.Conv2d) else p.out_features
 
+    def group_parts(self) -> list[tuple[nn.Parameter, bool, int]]:
+        """The parameters holding the groups, each with "is depthwise" and the channel offset of the slot in it.
+
+        ``dw`` filters first, then the consumer; a consumer reads channel c at input channel ``offset + c``
+        (0 here; a concatenation's later inputs in a :class:`CoupledSlot`).
+        """
+        dw = [(m.weight, True, 0) for m in self.passthrough if isinstance(m, nn.Conv2d)]
+        return [*dw, (self.consumer.weight, False, 0)]
+
     def group_tensors(self) -> list[tuple[nn.Parameter, bool]]:
-        """The parameters holding the groups, each with "is depthwise": ``dw`` filters first, then the consumer."""
-        dw = [(m.weight, True) for m in self.passthrough if isinstance(m, nn.Conv2d)]
-        return [*dw, (self.consumer.weight, False)]
+        """:meth:`group_parts` without the offsets."""
+        return [(p, depthwise) for p, depthwise, _ in self.group_parts()]
+
+    def group_columns(self, tensor: torch.Tensor, depthwise: bool, offset: int = 0) -> torch.Tensor:
+        """The part of ``tensor`` (a group tensor or a same-shaped statistic) holding the slot's groups (a view).
+
+        A consumer's input columns ``[offset, offset + width)`` (times ``consumer_block``); a depthwise filter
+        whole.
+        """
+        if depthwise:
+            return tensor
+        block = self.consumer_block
+        return tensor.narrow(1, offset * block, self.width * block)
 
     def group_view(self, tensor: torch.Tensor, depthwise: bool) -> torch.Tensor:
         """``tensor`` (a group tensor, or a same-shaped statistic) as ``[channels, group_entries]``."""
@@ -132,15 +155,22 @@ class CoupledSlot(WidthSlot):
 
     ``producer`` is the first producing conv in forward order (the group's root for torch-pruning),
     ``producers`` all convs/linears whose output channels are coupled (added together), ``consumers`` every
-    conv/linear reading the channels; ``consumer`` is the first of them.
+    conv/linear reading the channels; ``consumer`` is the first of them. ``offsets`` maps a consumer that reads
+    the slot inside a concatenation (DenseNet) to the input channel of the slot's channel 0 (torch-pruning's
+    index mapping); consumers not in it read the slot at offset 0.
     """
 
     producers: list[nn.Module] = field(default_factory=list)
     consumers: list[nn.Module] = field(default_factory=list)
+    offsets: dict[nn.Module, int] = field(default_factory=dict)
 
-    def group_tensors(self) -> list[tuple[nn.Parameter, bool]]:
-        """Channel c's group: column c of every consumer."""
-        return [(c.weight, False) for c in self.consumers]
+    def offset(self, consumer: nn.Module) -> int:
+        """The input channel at which ``consumer`` reads the slot's channel 0 (0 unless a concatenation)."""
+        return self.offsets.get(consumer, 0)
+
+    def group_parts(self) -> list[tuple[nn.Parameter, bool, int]]:
+        """Channel c's group: column ``offset + c`` of every consumer."""
+        return [(c.weight, False, self.offset(c)) for c in self.consumers]
 
 
 # model -> (DependencyGraph, slots); weak, so deep copies build their own
@@ -173,27 +203,68 @@ def _coupled(model: nn.Module) -> tuple[Any, list[CoupledSlot]]:
     names = {m: n for n, m in model.named_modules()}
     slots = []
     for group in dg.get_all_groups(ignored_layers=[last], root_module_types=[nn.Conv2d, nn.Linear]):
-        producers, consumers, width = [], [], None
+        producers, consumers, offsets, width = [], [], {}, None
         for dep, idxs in group:
             mod = dep.target.module
+            # torch-pruning's _HybridIndex: idx is the channel of this layer, root_idx the group's channel
             channels = [int(getattr(i, "idx", i)) for i in idxs]
+            roots = [
+                k if getattr(i, "root_idx", None) is None else int(i.root_idx) for k, i in enumerate(idxs)
+            ]
             width = width or len(channels)
-            if channels != list(range(width)):
+            if not isinstance(mod, nn.Conv2d | nn.Linear):
+                continue
+            shift = channels[0] - roots[0] if channels else 0
+            if sorted(roots) != list(range(width)) or any(c - r != shift for c, r in zip(channels, roots)):
                 raise NotImplementedError(
-                    f"{type(model).__name__}: channels of {names.get(mod, mod)} are not the identity of their "
-                    "group (a concatenation); concatenating nets such as DenseNet are not supported"
+                    f"{type(model).__name__}: channels of {names.get(mod, mod)} are not a shifted copy of their "
+                    "group's channels (a split or reshape of channels is not supported)"
                 )
-            if isinstance(mod, nn.Conv2d | nn.Linear):
-                role = dep.handler.__name__
-                (producers if role == "prune_out_channels" else consumers).append(mod)
+            if dep.handler.__name__ == "prune_out_channels":
+                if shift:
+                    raise NotImplementedError(
+                        f"{type(model).__name__}: {names.get(mod, mod)} writes its group at an offset"
+                    )
+                producers.append(mod)
+            else:
+                if mod in offsets and offsets[mod] != shift:
+                    raise NotImplementedError(
+                        f"{type(model).__name__}: {names.get(mod, mod)} reads one channel group twice"
+                    )
+                if mod not in offsets:
+                    consumers.append(mod)
+                offsets[mod] = shift
         if not producers or not consumers:
             continue
         producers.sort(key=order.__getitem__)
         consumers.sort(key=order.__getitem__)
         root = producers[0]
+        offsets = {m: o for m, o in offsets.items() if o}  # offset 0 is the default
         slots.append(
-            CoupledSlot(names[root], root, None, consumers[0], producers=producers, consumers=consumers)
+            CoupledSlot(
+                names[root],
+                root,
+                None,
+                consumers[0],
+                producers=producers,
+                consumers=consumers,
+                offsets=offsets,
+            )
         )
+    # every input channel of a consumer belongs to exactly one slot (what makes the MACs split exact)
+    spans: dict[nn.Module, list[tuple[int, int]]] = {}
+    for slot in slots:
+        for m in slot.consumers:
+            spans.setdefault(m, []).append((slot.offset(m), slot.offset(m) + slot.width))
+    for m, ranges in spans.items():
+        ranges.sort()
+        ends = [0] + [b for _, b in ranges]
+        width_in = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+        if [a for a, _ in ranges] != ends[:-1] or ends[-1] != width_in:
+            raise NotImplementedError(
+                f"{type(model).__name__}: the input channels of {names.get(m, m)} are not a concatenation of "
+                f"width slots ({ranges} of {width_in})"
+            )
     slots.sort(key=lambda s: order[s.producer])
     _COUPLED[model] = (dg, slots)
     return dg, slots
@@ -213,32 +284,48 @@ def width_edges(model: nn.Module) -> list[tuple[int, int]]:
     """The terms of the bilinear model: ``(i, j)`` per weight layer reading chain entry i and writing j.
 
     Chain entries are 0 (the input), 1..L (the slots) and L+1 (the classes). Sequential nets give the
-    chain ``(j, j + 1)``; coupled nets one term per distinct pair of some weight layer (deduplicated).
+    chain ``(j, j + 1)``; coupled nets one term per distinct pair of some weight layer (deduplicated), a layer
+    reading a concatenation of slots ``i1..im`` one per input slot.
     """
     slots = width_slots(model)
     if not any(isinstance(s, CoupledSlot) for s in slots):
         return [(j, j + 1) for j in range(len(slots) + 1)]
-    reads, writes = {}, {}
-    for u, slot in enumerate(slots, start=1):
-        reads.update({m: u for m in slot.consumers})  # type: ignore[attr-defined]
-        writes.update({m: u for m in slot.producers})  # type: ignore[attr-defined]
-    edges = [(reads.get(m, 0), writes.get(m, len(slots) + 1)) for m in _weight_layers(model)]
+    reads, writes = _reads_writes(slots)
+    edges = [(i, writes.get(m, len(slots) + 1)) for m in _weight_layers(model) for i in reads.get(m, [0])]
     return list(dict.fromkeys(edges))
 
 
+def _reads_writes(slots: Sequence[WidthSlot]) -> tuple[dict[nn.Module, list[int]], dict[nn.Module, int]]:
+    """Per weight layer of a coupled net: the chain entries of the slots it reads (forward order), the one it writes."""
+    reads: dict[nn.Module, list[int]] = {}
+    writes: dict[nn.Module, int] = {}
+    for u, slot in enumerate(slots, start=1):
+        for m in slot.consumers:  # type: ignore[attr-defined]
+            reads.setdefault(m, []).append(u)
+        writes.update({m: u for m in slot.producers})  # type: ignore[attr-defined]
+    return reads, writes
+
+
 def layer_macs(model: nn.Module, example: torch.Tensor) -> list[tuple[int, int, float]]:
-    """``(i, j, macs)`` per conv/linear layer: its edge (as :func:`width_edges`) and dense MACs per sample."""
+    """``(i, j, macs)`` per conv/linear layer and input slot: its edge (as :func:`width_edges`), dense MACs per sample.
+
+    A layer reading a concatenation of slots gives one entry per slot, with its MACs split in proportion to the
+    slots' widths (exact: MACs are linear in the input width).
+    """
     slots = width_slots(model)
     coupled = any(isinstance(s, CoupledSlot) for s in slots)
     layers = _weight_layers(model)
     macs: dict[nn.Module, float] = {}
+    per_channel: dict[nn.Module, int] = {}  # MACs per input channel (groups == 1)
 
     def hook(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
         if isinstance(mod, nn.Conv2d):
             k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
             macs[mod] = out[0].numel() * k
+            per_channel[mod] = out[0].numel() * mod.kernel_size[0] * mod.kernel_size[1]
         else:
             macs[mod] = out[0].numel() * mod.in_features
+            per_channel[mod] = out[0].numel()
 
     handles = [m.register_forward_hook(hook) for m in layers]
     was_training = model.training
@@ -251,11 +338,17 @@ def layer_macs(model: nn.Module, example: torch.Tensor) -> list[tuple[int, int, 
         for h in handles:
             h.remove()
     if coupled:
-        reads, writes = {}, {}
-        for u, slot in enumerate(slots, start=1):
-            reads.update({m: u for m in slot.consumers})  # type: ignore[attr-defined]
-            writes.update({m: u for m in slot.producers})  # type: ignore[attr-defined]
-        return [(reads.get(m, 0), writes.get(m, len(slots) + 1), float(macs[m])) for m in layers]
+        # a layer reading a concatenation of slots gives one term per slot: its MACs are linear in the input
+        # width, so slot i's share is exactly (MACs per input channel) * w_i
+        reads, writes = _reads_writes(slots)
+        terms = []
+        for m in layers:
+            j = writes.get(m, len(slots) + 1)
+            if m not in reads:
+                terms.append((0, j, float(macs[m])))
+            else:
+                terms.extend((i, j, float(per_channel[m] * slots[i - 1].width)) for i in reads[m])
+        return terms
     # chains: term j is weight layer j (MobileNet's depthwise conv folds into its block's term)
     terms = [0.0] * (len(slots) + 1)
     j = -1
@@ -296,10 +389,10 @@ def width_chain(model: nn.Module) -> list[int]:
 def group_scores(slot: WidthSlot, metric: dict[nn.Parameter, torch.Tensor] | None = None) -> torch.Tensor:
     """a_c = sum over group c of D_w w^2 (brief §1.3); D = 1 without a metric."""
     total = torch.zeros(slot.width, dtype=torch.float64, device=slot.consumer.weight.device)
-    for p, depthwise in slot.group_tensors():
-        sq = p.detach().double() ** 2
+    for p, depthwise, offset in slot.group_parts():
+        sq = slot.group_columns(p.detach(), depthwise, offset).double() ** 2
         if metric is not None and p in metric:
-            sq = sq * metric[p].double()
+            sq = sq * slot.group_columns(metric[p], depthwise, offset).double()
         total += slot.group_view(sq, depthwise).sum(dim=1)
     return total
 
@@ -307,10 +400,11 @@ def group_scores(slot: WidthSlot, metric: dict[nn.Parameter, torch.Tensor] | Non
 @torch.no_grad()
 def zero_groups(slot: WidthSlot, dead: torch.Tensor) -> None:
     """Sets every weight of the groups where ``dead`` is True to zero."""
-    for p, depthwise in slot.group_tensors():
-        view = slot.group_view(p.data.clone(), depthwise)
+    for p, depthwise, offset in slot.group_parts():
+        target = slot.group_columns(p.data, depthwise, offset)  # a view into p
+        view = slot.group_view(target.clone(), depthwise)
         view[dead.to(view.device)] = 0.0
-        p.data.copy_(slot.group_unview(view, p, depthwise))
+        target.copy_(slot.group_unview(view, target, depthwise))
 
 
 def live_mask(slot: WidthSlot) -> torch.Tensor:

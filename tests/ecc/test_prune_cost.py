@@ -145,7 +145,9 @@ def test_resnet18_coupled_slots_slim_equals_masked_and_macs_shrink_as_predicted(
     assert restored.edges.tolist() == [list(e) for e in edges]
 
 
-def test_concatenating_network_is_refused_with_the_reason():
+def test_concatenating_network_has_coupled_slots_read_at_offsets():
+    # DenseNet is supported since its consumers read slots at offsets (more in tests/ecc/test_densenet.py)
     model = build_model("densenet_bc100", num_classes=10, in_channels=3, image_size=32, depth=10)
-    with pytest.raises(NotImplementedError, match="concatenat"):
-        width_slots(model)
+    slots = width_slots(model)
+    assert all(isinstance(s, CoupledSlot) for s in slots) and len(slots) == 1 + 3 * 2 + 2
+    assert any(s.offsets for s in slots)
