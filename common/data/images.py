@@ -56,10 +56,14 @@ def image_bundle(
             val = (x_train[held], y_train[held])
         x_train, y_train = x_train[kept], y_train[kept]
 
+    # the engine's request (a network's minimum input size) wins; else the config's image_size, so that
+    # dataset.image_size=32 on digits gives 32x32 images (a no-op at the native size)
+    target = ctx.image_size if ctx.image_size is not None else ctx.cfg.get("image_size")
+
     def to_device(x: np.ndarray, y: np.ndarray) -> TensorSource:
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(ctx.device)
-        if ctx.image_size is not None:
-            xt = resize_images(xt, int(ctx.image_size))
+        if target is not None:
+            xt = resize_images(xt, int(target))
         return TensorSource(xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(ctx.device))
 
     sources = {"train": to_device(x_train, y_train), "test": to_device(*test)}
