@@ -161,6 +161,10 @@ class ECCStep:
         slb: Lower bound of s under which a coordinate is frozen (absolute, per slot).
         distill: Distillation weight d of :func:`joint_loss`.
         stop_at_budget: Raise :class:`BudgetMet` at the first minibatch with E(phi) <= B.
+        cost_scale: The s- and dual updates see E·cost_scale and B·cost_scale. 1 (the original) makes the
+            hyperparameters depend on the cost's units: ρ_z(E − B), the z floor and the s-gradient are all in
+            them, so with a latency in seconds s crawls (1e-3·pslr channels a step) while with MACs z explodes
+            at once. The default mode passes 1/E(dense) (unit-free); ``state.energy`` stays in the model's units.
     """
 
     def __init__(
@@ -182,12 +186,17 @@ class ECCStep:
         slb: Sequence[float] | float = 1.0,
         distill: float = 0.5,
         stop_at_budget: bool = True,
+        cost_scale: float = 1.0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model, self.teacher, self.optimizer = model, teacher, optimizer
         self.energy_model = energy_model.cpu()
-        self.budget = float(budget)
+        if not (math.isfinite(cost_scale) and cost_scale > 0):
+            raise ValueError(f"cost_scale must be a finite number > 0, got {cost_scale}")
+        self.cost_scale = float(cost_scale)
+        self.budget_units = float(budget)
+        self.budget = float(budget) * self.cost_scale
         self.state = state
         self.mode = mode
         self.rho_z, self.rho_y, self.pslr = float(rho_z), float(rho_y), float(pslr)
@@ -209,21 +218,22 @@ class ECCStep:
         return torch.cat([w0, widths, w1])
 
     def energy(self, widths: torch.Tensor) -> torch.Tensor:
-        """E of the widths of the L slots."""
-        return self.energy_model.predict(self.chain(widths))
+        """E of the widths of the L slots, times ``cost_scale`` (the units the s- and dual updates work in)."""
+        energy = self.energy_model.predict(self.chain(widths))
+        return energy * self.cost_scale if self.cost_scale != 1.0 else energy
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss, out = self.w_step(x, target)
         self.prox_step()
-        self.state.energy = float(self.energy(self.phi))
+        self.state.energy = float(self.energy_model.predict(self.chain(self.phi)))
         for _ in range(self.s_int):
             self.s_step()
         self.dual_step()
         self.state.steps += 1
-        if self.stop_at_budget and self.state.energy <= self.budget:
+        if self.stop_at_budget and self.state.energy <= self.budget_units:
             self.state.done = True
             raise BudgetMet(
-                f"E(phi) = {self.state.energy:.6g} <= B = {self.budget:.6g} at step {self.state.steps}"
+                f"E(phi) = {self.state.energy:.6g} <= B = {self.budget_units:.6g} at step {self.state.steps}"
             )
         return loss, out
 

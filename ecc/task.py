@@ -193,7 +193,7 @@ def phase_admm(
     step = ECCStep(
         student, teacher, opt, energy_model, budget, state, mode=m.mode, rho_z=hp["rho_z"], rho_y=hp["rho_y"],
         pslr=hp["pslr"], psgrad_mask=hp["psgrad_mask"], psgrad_clip=hp["psgrad_clip"], s_int=m.s_int, slb=slb,
-        distill=hp["distill"],
+        distill=hp["distill"], cost_scale=1.0 / dense_cost if m.mode == "default" else 1.0,
     )  # fmt: skip
     trainer = Trainer.from_config(
         cfg, student, opt, data, ctx, epochs=m.admm_epochs, phase="admm", step_fn=step,
