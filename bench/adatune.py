@@ -62,7 +62,8 @@ def speed(reps: int) -> None:
         ),
     }
     print(
-        f"{'model':16s} {'sgdm ms':>9s} {'hd ms':>9s} {'marthe ms':>10s} {'hd/sgdm':>8s} {'marthe/sgdm':>12s}"
+        f"{'model':16s} {'sgdm ms':>9s} {'hd ms':>9s} {'marthe ms':>10s} {'hd/sgdm':>8s} {'marthe/sgdm':>12s} "
+        f"{'grad+HVP dbl':>14s} {'grad+HVP f-r':>14s} {'marthe fwd-rev':>16s}   (ratios to sgdm)"
     )
     for name, (make, shape, bs) in cases.items():
         g = torch.Generator().manual_seed(0)
@@ -101,9 +102,47 @@ def speed(reps: int) -> None:
             tuner.step(F.cross_entropy(m(x), y), val)
 
         marthe_step()  # the first step has no tangent yet (no HVP): time the steady state
+        double_backward, forward_over_reverse = _hvp_variants(make, x, y)
         r = reps if name != "resnet18_cifar" else max(3, reps // 2)
-        ts, th, tm = _timed([sgd_step, hd_step, marthe_step], r * 4)
-        print(f"{name:16s} {ts * 1e3:9.2f} {th * 1e3:9.2f} {tm * 1e3:10.2f} {th / ts:8.2f} {tm / ts:12.2f}")
+        ts, th, tm, tdb, tfr = _timed(
+            [sgd_step, hd_step, marthe_step, double_backward, forward_over_reverse], r * 4
+        )
+        print(
+            f"{name:16s} {ts * 1e3:9.2f} {th * 1e3:9.2f} {tm * 1e3:10.2f} {th / ts:8.2f} {tm / ts:12.2f} "
+            f"{tdb / ts:14.2f} {tfr / ts:14.2f} {(tm - tdb + tfr) / ts:16.2f}"
+        )
+    print(
+        "grad+HVP: the gradient and H·Z of the training loss, as MARTHE computes them (double backward through the\n"
+        "create_graph gradient) and by forward-over-reverse (torch.func.jvp of torch.func.grad; BatchNorm without\n"
+        "running statistics, which func transforms cannot update); 'marthe fwd-rev' = MARTHE - the first + the second."
+    )
+
+
+def _hvp_variants(make, x: torch.Tensor, y: torch.Tensor):
+    """The gradient + Hessian-vector product of the training loss, by double backward and by forward-over-reverse."""
+    torch.manual_seed(0)
+    model = make()
+    torch.func.replace_all_batch_norm_modules_(model)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    z = {k: torch.randn_like(p) for k, p in params.items()}
+
+    def loss_of(p):
+        return F.cross_entropy(torch.func.functional_call(model, (p, buffers), (x,)), y)
+
+    def double_backward():
+        p = {k: v.requires_grad_() for k, v in params.items()}
+        grads = torch.autograd.grad(loss_of(p), list(p.values()), create_graph=True)
+        dot = sum((g * z[k]).sum() for g, k in zip(grads, p))
+        hvp = torch.autograd.grad(dot, list(p.values()))
+        for v in p.values():
+            v.requires_grad_(False)
+        return grads, hvp
+
+    def forward_over_reverse():
+        return torch.func.jvp(torch.func.grad(loss_of), (params,), (z,))
+
+    return double_backward, forward_over_reverse
 
 
 def _digits():
