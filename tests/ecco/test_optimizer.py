@@ -457,14 +457,17 @@ def test_build_from_model_and_auto_needs_model():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("mode", ["paper", "improved"])
+@pytest.mark.parametrize("mode", ["paper", "improved", "improved_fused"])
 def test_cpu_and_cuda_agree(mode, digits_batches):
     results = []
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)).double()
         model.to(device)
-        opt = ECCO(model.parameters(), eta=0.01, alpha_0=0.3, mode=mode, limit_activations=model)
+        opt = ECCO(
+            model.parameters(), eta=0.01, alpha_0=0.3, mode=mode.removesuffix("_fused"),
+            fused=mode.endswith("_fused"), limit_activations=model,
+        )  # fmt: skip
         for x, y in digits_batches[:10]:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
