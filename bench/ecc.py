@@ -1,8 +1,9 @@
 """ECC benchmark: the bilinear cost model on real CPU latencies, and ECC against its baselines on digits.
 
-    .venv/bin/python -m bench.ecc                       # both parts, about 5 minutes on 2 CPU cores
     .venv/bin/python -m bench.ecc --part fit --samples 1000 --repeats 50
     .venv/bin/python -m bench.ecc --part compress --seeds 3 --epochs 30
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.ecc --part latency --seeds 2 --epochs 10  # ~16 minutes
+    .venv/bin/python -m bench.ecc                       # all three parts (fit and compress: ~5 minutes)
 
 (``python bench/ecc.py`` would put ``bench/`` first on the path, where this file shadows the ``ecc`` package.)
 
@@ -21,6 +22,17 @@ the same dense net (keeping each slot's channels with the largest group norm) an
 from scratch for 2E epochs; torch-pruning's global L1 pruning and NetAdapt (``ecc.netadapt``: 10 constant MACs
 steps, per slot the fewest smallest-L2 filters removed, 20-minibatch short-term fine-tune, best ``val`` accuracy
 kept), both from the same dense net and fine-tuned E epochs. SGD lr 0.02 (cosine), seeds 0..``--seeds``-1. All through ``launch.run.run`` with composed configs, in a temporary folder.
+
+Part ``latency``: digits resized to CIFAR resolution (bilinearly, by alexnet_small's ``min_input_size`` 32: 1x32x32),
+``alexnet_small`` 32-64-128-96-96 / 256-256 (``MID_NET``, dropout 0), budgets ``--budgets`` (0.3 / 0.5 / 0.7) of
+the model-predicted dense latency. ``method=ecc method.cost=latency_cpu`` (``--samples`` random widths, each
+timed with batch ``--batch``, median of ``--repeats``, 1 thread); the dense net and the cost data / bilinear fit
+of a seed's first budget are reused by its other budgets (``method.dense_checkpoint``, ``<out>/cost`` copied).
+Baselines from the same dense net, targeting the *same fitted latency model* (``+method.bench_cost=model
++method.bench_energy_model=<ECC's cost/energy_model.pt>``): NetAdapt at the budget, uniform width scaling to the
+largest factor whose predicted latency fits, torch-pruning global L1 stepped until it fits; all fine-tuned E
+epochs. Every slim net is then timed against the dense one (``latency_ratios``: the same backend settings,
+``--rounds`` interleaved dense/slim pairs, median ratio): the measured ratio next to the predicted one.
 """
 
 from __future__ import annotations
@@ -30,9 +42,12 @@ import contextlib
 import copy
 import io
 import itertools
+import json
+import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +74,33 @@ FIT_NETS = {
     "alexnet_small": dict(widths=[64, 192, 384, 256, 256], hidden=[1024, 1024], dropout=0.5),
     "mobilenet_v1": dict(width_mult=1.0),
 }
+TINY_NET = dict(widths=[16, 32, 32, 32, 32], hidden=[64, 64])  # the compress part's alexnet_small
+MID_NET = dict(widths=[32, 64, 128, 96, 96], hidden=[256, 256])  # the latency part's: 22.6 MMACs at 1x32x32
+
+
+def net_overrides(net: dict[str, list[int]]) -> tuple[str, ...]:
+    """The config overrides of an ``alexnet_small`` with these ``widths`` / ``hidden``, dropout 0."""
+    return (
+        "network=alexnet_small",
+        f"network.widths=[{','.join(map(str, net['widths']))}]",
+        f"network.hidden=[{','.join(map(str, net['hidden']))}]",
+        "network.dropout=0.0",
+    )
+
+
 TINY = (
-    "network=alexnet_small",
-    "network.widths=[16,32,32,32,32]",
-    "network.hidden=[64,64]",
-    "network.dropout=0.0",
+    *net_overrides(TINY_NET),
     "optimizer.lr=0.02",  # 0.05 (tests/ecc) left the seed-0 dense net at chance (0.1028) in 15 epochs
     "trainer.progress=false",
 )
 ECC = ("method=ecc", "method.cost=macs", "method.samples=40", "method.admm_epochs=30")
 BUDGETS = (0.3, 0.5, 0.7)
+MID = (
+    *net_overrides(MID_NET),
+    "dataset=digits",
+    "optimizer.lr=0.02",
+    "trainer.progress=false",
+)
 
 
 # ---------------------------------------------------------------------------------------------- part 1: fit
@@ -151,10 +183,34 @@ def compose_config(*overrides: str, output_dir: Path) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
-def uniform_widths(model: torch.nn.Module, x: torch.Tensor, budget: float) -> list[int]:
-    """Every width times the largest common factor f whose MACs are <= ``budget`` x the dense MACs."""
+CostFn = Callable[[Sequence[int]], float]
+
+
+def macs_cost(model: torch.nn.Module, x: torch.Tensor) -> CostFn:
+    """The MACs of ``model`` slimmed to the given slot widths (on input ``x``)."""
+    return lambda widths: float(count_macs(slim_to_widths(model, list(widths)), x))
+
+
+def bench_cost(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> CostFn:
+    """The cost a baseline job targets: ``method.bench_cost`` ``macs`` (the default) or ``model``, the bilinear
+    model saved at ``method.bench_energy_model`` (e.g. ECC's fitted latency model) at the width chain."""
+    kind = cfg.method.get("bench_cost", "macs")
+    if kind == "macs":
+        return macs_cost(model, x)
+    if kind != "model":
+        raise ValueError(f"method.bench_cost must be macs or model, got {kind!r}")
+    energy_model = BilinearEnergyModel.load(cfg.method.bench_energy_model)
+    chain = width_chain(model)
+    return lambda widths: float(energy_model.predict([chain[0], *widths, chain[-1]]))
+
+
+def uniform_widths(
+    model: torch.nn.Module, x: torch.Tensor, budget: float, cost: CostFn | None = None
+) -> list[int]:
+    """Every width times the largest common factor f whose cost (default MACs) is <= ``budget`` x the dense one."""
+    cost = cost or macs_cost(model, x)
     ub = width_chain(model)[1:-1]
-    dense = count_macs(model, x)
+    dense = cost(ub)
 
     def at(f: float) -> list[int]:
         return [max(1, round(f * u)) for u in ub]
@@ -162,7 +218,7 @@ def uniform_widths(model: torch.nn.Module, x: torch.Tensor, budget: float) -> li
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if count_macs(slim_to_widths(model, at(mid)), x) <= budget * dense else (lo, mid)
+        lo, hi = (mid, hi) if cost(at(mid)) <= budget * dense else (lo, mid)
     return at(lo)
 
 
@@ -172,7 +228,8 @@ def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     data = make_data(cfg, ctx.device)
     dense = phase_dense(cfg, ctx, data)
     x, _ = next(iter(data.test.epoch_iter(0)))
-    widths = uniform_widths(dense, x[:1], float(m.budget))
+    cost = bench_cost(cfg, dense, x[:1])
+    widths = uniform_widths(dense, x[:1], float(m.budget), cost)
     keep = [
         group_scores(s).argsort(descending=True)[:w].sort().values for s, w in zip(width_slots(dense), widths)
     ]
@@ -180,12 +237,16 @@ def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
+    out["predicted_cost_ratio"] = cost(widths) / cost(width_chain(dense)[1:-1])
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
     return out
 
 
-def l1_prune(model: torch.nn.Module, x: torch.Tensor, budget: float, steps: int = 200) -> torch.nn.Module:
-    """torch-pruning's global L1-magnitude channel pruning, stepped until the MACs are <= ``budget`` x dense.
+def l1_prune(
+    model: torch.nn.Module, x: torch.Tensor, budget: float, steps: int = 200, cost: CostFn | None = None
+) -> torch.nn.Module:
+    """torch-pruning's global L1-magnitude channel pruning, stepped until the cost (default MACs, else
+    ``cost`` of the slot widths) is <= ``budget`` x dense.
 
     ``MagnitudePruner(importance=MagnitudeImportance(p=1), global_pruning=True)`` with ``steps`` iterative steps
     towards 95 % of the channels removed (at most 98 % per layer); the classifier's outputs are kept.
@@ -193,13 +254,14 @@ def l1_prune(model: torch.nn.Module, x: torch.Tensor, budget: float, steps: int 
     import torch_pruning as tp
 
     net = copy.deepcopy(model).eval()
-    dense = count_macs(net, x)
+    cost = cost or (lambda widths: float(count_macs(net, x)))  # MACs of the pruned net itself
+    dense = cost(width_chain(net)[1:-1])
     pruner = tp.pruner.MagnitudePruner(
         net, x, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=True, pruning_ratio=0.95,
         max_pruning_ratio=0.98, iterative_steps=steps, ignored_layers=[last_layer(net)],
     )  # fmt: skip
     for _ in range(steps):
-        if count_macs(net, x) <= budget * dense:
+        if cost(width_chain(net)[1:-1]) <= budget * dense:
             break
         pruner.step()
     return net
@@ -211,11 +273,13 @@ def run_l1_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     data = make_data(cfg, ctx.device)
     dense = phase_dense(cfg, ctx, data)
     x, _ = next(iter(data.test.epoch_iter(0)))
-    net = l1_prune(dense, x[:1], float(m.budget))
+    cost = bench_cost(cfg, dense, x[:1])
+    net = l1_prune(dense, x[:1], float(m.budget), cost=cost)
     widths = width_chain(net)[1:-1]
     train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
+    out["predicted_cost_ratio"] = cost(widths) / cost(width_chain(dense)[1:-1])
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
     return out
 
@@ -226,16 +290,16 @@ NETADAPT_BATCHES = 20  # short-term fine-tune: 20 train minibatches (about half 
 
 def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """A ``method.run``: NetAdapt (``ecc.netadapt``) from the dense net (``method.dense_checkpoint``) to the
-    budget's MACs, proposals scored on the ``val`` split, then fine-tuned ``finetune_epochs``."""
+    budget's cost (``method.bench_cost``: MACs or a saved bilinear model), proposals scored on the ``val``
+    split, then fine-tuned ``finetune_epochs``."""
     m = cfg.method
     data = make_data(cfg, ctx.device)
     dense = phase_dense(cfg, ctx, data)
     x, _ = next(iter(data.test.epoch_iter(0)))
     x1 = x[:1]
     dense_macs = count_macs(dense, x1)
-
-    def cost(widths: list[int]) -> float:
-        return float(count_macs(slim_to_widths(dense, widths), x1))
+    cost = bench_cost(cfg, dense, x1)
+    dense_cost = cost(width_chain(dense)[1:-1])
 
     def short_term(net: torch.nn.Module, it: int) -> None:
         batches = itertools.islice(data.train.epoch_iter(it), NETADAPT_BATCHES)
@@ -245,43 +309,56 @@ def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         return evaluate(net, data.val, task=data.task, prefix="val", device=ctx.device)["val_acc"]
 
     res = netadapt(
-        dense, cost, float(m.budget) * dense_macs, iterations=NETADAPT_ITERATIONS, short_term=short_term,
+        dense, cost, float(m.budget) * dense_cost, iterations=NETADAPT_ITERATIONS, short_term=short_term,
         score=score, seed=int(cfg.seed),
     )  # fmt: skip
     net = res.model
     train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x1) / dense_macs
+    out["predicted_cost_ratio"] = res.cost / dense_cost
     out["netadapt_iterations"] = float(len(res.history))
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(res.widths)})
     return out
 
 
-def latency_ratio(widths: list[int], dense_widths: list[int], repeats: int) -> float:
-    """CPU latency of the tiny AlexNet at ``widths`` over the dense one (1 thread, batch 1, 1x32x32)."""
+def latency_ratios(
+    widths: Sequence[Sequence[int]],
+    repeats: int,
+    net: dict[str, list[int]] = TINY_NET,
+    batch: int = 1,
+    rounds: int = 3,
+) -> tuple[list[float], float]:
+    """CPU latency of ``alexnet_small`` (``net``, 1x32x32 input) at each of ``widths`` over the dense one.
+
+    ``latency_cpu`` (1 thread, ``batch``, median of ``repeats`` after 3 warm-up passes), interleaved: each of
+    ``rounds`` rounds times, per slim net, the dense net and then the slim one; a slim net's ratio is the
+    median over the rounds of slim / the dense timing just before it. Returns the ratios and the median dense
+    latency (s).
+    """
     torch.manual_seed(0)
-    dense = build_model(
-        "alexnet_small",
-        num_classes=10,
-        in_channels=1,
-        image_size=32,
-        widths=[16, 32, 32, 32, 32],
-        hidden=[64, 64],
-    ).eval()
+    dense = build_model("alexnet_small", num_classes=10, in_channels=1, image_size=32, **net).eval()
     x = torch.randn(1, 1, 32, 32)
-    backend = make_backend("latency_cpu", repeats=repeats, warmup=3, threads=1)
-    d = statistics.median(backend.measure(dense, x) for _ in range(3))
-    s = statistics.median(backend.measure(copy.deepcopy(slim_to_widths(dense, widths)), x) for _ in range(3))
-    return s / d
+    backend = make_backend("latency_cpu", batch=batch, repeats=repeats, warmup=3, threads=1)
+    slims = [copy.deepcopy(slim_to_widths(dense, list(w))).eval() for w in widths]
+    ratios: list[list[float]] = [[] for _ in slims]
+    dense_s = []
+    for _ in range(rounds):
+        for i, s in enumerate(slims):
+            dense_s.append(backend.measure(dense, x))
+            ratios[i].append(backend.measure(s, x) / dense_s[-1])
+    return [statistics.median(r) for r in ratios], statistics.median(dense_s)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """``launch.run.run`` without its printed results table."""
+    from launch.run import run as launch_run
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return launch_run(cfg)
 
 
 def compress_part(seeds: int, epochs: int, repeats: int) -> None:
-    from launch.run import run as launch_run
-
-    def run(cfg: DictConfig) -> dict[str, float]:
-        with contextlib.redirect_stdout(io.StringIO()):  # launch prints a results table per run
-            return launch_run(cfg)
-
     rows: list[dict[str, Any]] = []
     dense_ub = [16, 32, 32, 32, 32, 64, 64]
     t0 = time.perf_counter()
@@ -300,7 +377,7 @@ def compress_part(seeds: int, epochs: int, repeats: int) -> None:
                     {
                         "budget": budget, "seed": seed, "method": "ecc", "dense acc": r["dense_test_acc"],
                         "test acc": r["test_acc"], "pred ratio": r["predicted_cost_ratio"],
-                        "MACs ratio": r["macs_ratio"], "CPU lat ratio": latency_ratio(w, dense_ub, repeats),
+                        "MACs ratio": r["macs_ratio"], "CPU lat ratio": latency_ratios([w], repeats)[0][0],
                         "widths": "-".join(map(str, w)),
                     }
                 )  # fmt: skip
@@ -318,7 +395,7 @@ def compress_part(seeds: int, epochs: int, repeats: int) -> None:
                         )
                     )  # fmt: skip
                     widths = [int(r[f"width_{u + 1}"]) for u in range(len(dense_ub))]
-                    baselines[method] = (r, widths, latency_ratio(widths, dense_ub, repeats))
+                    baselines[method] = (r, widths, latency_ratios([widths], repeats)[0][0])
                     rows.append(
                         {
                             "budget": budget, "seed": seed, "method": method, "test acc": r["test_acc"],
@@ -361,18 +438,131 @@ def compress_part(seeds: int, epochs: int, repeats: int) -> None:
         print(format_table(summary, floatfmt=".4f"))
 
 
+# ------------------------------------------------------------------------------------------ part 3: latency
+def slot_widths(r: dict[str, float]) -> list[int]:
+    """The ``width_<u>`` entries of a job's results, in order."""
+    return [int(r[f"width_{u}"]) for u in range(1, 1 + sum(k.startswith("width_") for k in r))]
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+def latency_part(
+    seeds: int, epochs: int, samples: int, repeats: int, batch: int, rounds: int, budgets: Sequence[float]
+) -> None:
+    """ECC on a fitted CPU-latency model against NetAdapt / uniform / L1 at the same predicted latency."""
+    ecc = (
+        "method=ecc", "method.cost=latency_cpu", f"method.samples={samples}", f"method.cost_batch={batch}",
+        f"method.cost_repeats={repeats}", "method.admm_epochs=30",
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    fits: dict[int, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for seed in range(seeds):
+            common = (*MID, f"seed={seed}", f"trainer.epochs={epochs}")
+            first: Path | None = None  # the seed's first ECC run: its dense net and cost data are reused
+            for budget in budgets:
+                out = root / f"ecc_s{seed}_b{budget}"
+                extra: tuple[str, ...] = ()
+                if first is not None:
+                    # phase_energy_model loads the fit it finds in <out>/cost: measured once per seed
+                    shutil.copytree(first / "cost", out / "cost")
+                    extra = (f"method.dense_checkpoint={first / 'dense' / 'model.pt'}",)
+                t = time.perf_counter()
+                r = run(compose_config(*ecc, *common, f"method.budget={budget}", *extra, output_dir=out))
+                if first is None:
+                    first = out
+                    meta = json.loads((out / "cost" / "meta.json").read_text())
+                    fits[seed] = {
+                        "seed": seed, "dense acc": r["dense_test_acc"], "holdout MRAE": r["holdout_mrae"],
+                        "train MRAE": json.loads((out / "cost" / "fit.json").read_text())["train_mrae"],
+                        "dense ms": meta["dense_cost"] * 1e3, "all-ones ms": meta["ones_cost"] * 1e3,
+                        "pred dense ms": BilinearEnergyModel.load(out / "cost" / "energy_model.pt").dense_cost() * 1e3,
+                    }  # fmt: skip
+                jobs: dict[str, tuple[dict[str, float], float]] = {"ECC": (r, time.perf_counter() - t)}
+                for method, fn, tag in (
+                    ("NetAdapt ft", "run_netadapt_finetune", "na"),
+                    ("uniform ft", "run_uniform_finetune", "uft"),
+                    ("L1 global ft", "run_l1_finetune", "l1"),
+                ):
+                    t = time.perf_counter()
+                    r = run(
+                        compose_config(
+                            "method=ecc", *common, f"method.budget={budget}",
+                            f"method.dense_checkpoint={first / 'dense' / 'model.pt'}", f"method.run=bench.ecc.{fn}",
+                            "+method.bench_cost=model", f"+method.bench_energy_model={first / 'cost' / 'energy_model.pt'}",
+                            output_dir=root / f"{tag}_s{seed}_b{budget}",
+                        )
+                    )  # fmt: skip
+                    jobs[method] = (r, time.perf_counter() - t)
+                widths = {method: slot_widths(r) for method, (r, _) in jobs.items()}
+                measured, dense_s = latency_ratios(list(widths.values()), repeats, MID_NET, batch, rounds)
+                for (method, (r, secs)), lat in zip(jobs.items(), measured):
+                    rows.append(
+                        {
+                            "budget": budget, "seed": seed, "method": method, "test acc": r["test_acc"],
+                            "pred ratio": r["predicted_cost_ratio"], "meas ratio": lat, "MACs ratio": r["macs_ratio"],
+                            "widths": "-".join(map(str, widths[method])), "dense ms": dense_s * 1e3, "job s": secs,
+                        }
+                    )  # fmt: skip
+                print(format_table(rows[-len(jobs) :], floatfmt=".4f"), flush=True)
+    print(
+        f"\ndigits at 1x32x32, alexnet_small {'-'.join(map(str, MID_NET['widths']))} / "
+        f"{'-'.join(map(str, MID_NET['hidden']))}, cost=latency_cpu (1 thread, batch {batch}, median of {repeats}), "
+        f"{samples} samples per seed, E={epochs} epochs, {seeds} seed(s), {time.perf_counter() - t0:.0f} s; "
+        f"measured ratio: median of {rounds} interleaved dense/slim timings"
+    )
+    print("Fits (one per seed, reused across its budgets):")
+    print(format_table(list(fits.values()), floatfmt=".4f"))
+    print(format_table(rows, floatfmt=".4f"))
+    summary = []
+    for budget in budgets:
+        for method in dict.fromkeys(r["method"] for r in rows):
+            sel = [r for r in rows if r["budget"] == budget and r["method"] == method]
+            summary.append(
+                {
+                    "budget": budget, "method": method, "test acc": mean_std([r["test acc"] for r in sel]),
+                    "pred ratio": mean_std([r["pred ratio"] for r in sel]),
+                    "meas ratio": mean_std([r["meas ratio"] for r in sel]),
+                    "MACs ratio": mean_std([r["MACs ratio"] for r in sel]), "n": len(sel),
+                }
+            )  # fmt: skip
+    print(format_table(summary))
+    err = [abs(r["meas ratio"] - r["pred ratio"]) / r["pred ratio"] for r in rows]
+    ecc_err = [e for e, r in zip(err, rows) if r["method"] == "ECC"]
+    holdout = ", ".join(f"{f['holdout MRAE']:.4f}" for f in fits.values())
+    print(
+        f"holdout MRAE of the fits: {holdout}; mean |measured - predicted| / predicted ratio over {len(rows)} "
+        f"rows: {statistics.mean(err):.4f} (max {max(err):.4f}; ECC rows {statistics.mean(ecc_err):.4f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("all", "fit", "compress"), default="all")
-    parser.add_argument("--samples", type=int, default=300, help="random width configurations per network")
+    parser.add_argument("--part", choices=("all", "fit", "compress", "latency"), default="all")
+    parser.add_argument(
+        "--samples", type=int, default=300, help="random width configurations per network / fit"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="timed forwards per latency (median)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15, help="E: pretrain and fine-tune epochs")
+    parser.add_argument("--batch", type=int, default=8, help="latency part: batch of every latency timing")
+    parser.add_argument(
+        "--rounds", type=int, default=7, help="latency part: interleaved timings per slim net"
+    )
+    parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="latency part: budgets")
     args = parser.parse_args()
     if args.part in ("all", "fit"):
         fit_part(args.samples, args.repeats)
     if args.part in ("all", "compress"):
         compress_part(args.seeds, args.epochs, args.repeats)
+    if args.part in ("all", "latency"):
+        latency_part(
+            args.seeds, args.epochs, args.samples, args.repeats, args.batch, args.rounds, args.budgets
+        )
 
 
 if __name__ == "__main__":
