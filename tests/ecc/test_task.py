@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,29 @@ def test_cost_data_stage_alone_fits_the_bilinear_model(cfg_factory, tmp_path):
     assert results["holdout_mrae"] < 1e-9  # MACs are exactly bilinear in the widths
     assert results["dense_cost"] > 0
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_relative_budget_is_relative_to_the_measured_dense_cost():
+    from omegaconf import OmegaConf
+
+    from ecc.cost import sample_widths
+    from ecc.energy_model import BilinearEnergyModel
+    from ecc.task import energy_budget
+
+    ub = [3, 16, 24, 32, 10]
+    inner = sample_widths(ub[1:-1], 50, seed=0)
+    chains = np.concatenate([np.full((50, 1), ub[0]), inner, np.full((50, 1), ub[-1])], axis=1)
+    x = chains / np.array(ub, dtype=float)
+    costs = (x[:, :-1] * x[:, 1:]).sum(1) + 0.5  # a = 1, b = 0.5: the model's dense cost is 4.5
+    em = BilinearEnergyModel(ub).fit(chains, costs)
+    m = OmegaConf.create({"budget": 0.5, "budget_absolute": False})
+    # the dense net measured 4.0 (the fit misses its corner): "half the dense cost" means 2.0
+    assert energy_budget(m, em, ub, {"dense_measured": 4.0}) == pytest.approx((2.0, 4.0))
+    assert energy_budget(
+        OmegaConf.merge(m, {"budget_reference": "model"}), em, ub, {"dense_measured": 4.0}
+    ) == (pytest.approx((2.25, 4.5)))
+    assert energy_budget(m, em, ub, {}) == pytest.approx((2.25, 4.5))  # nothing measured (tx2_alexnet)
+    with pytest.raises(ValueError, match="budget_reference"):
+        energy_budget(OmegaConf.merge(m, {"budget_reference": "dense"}), em, ub, {})
+    with pytest.raises(ValueError, match="infeasible"):
+        energy_budget(OmegaConf.merge(m, {"budget": 0.05}), em, ub, {"dense_measured": 4.0})
