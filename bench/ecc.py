@@ -191,26 +191,40 @@ def macs_cost(model: torch.nn.Module, x: torch.Tensor) -> CostFn:
     return lambda widths: float(count_macs(slim_to_widths(model, list(widths)), x))
 
 
-def bench_cost(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> CostFn:
-    """The cost a baseline job targets: ``method.bench_cost`` ``macs`` (the default) or ``model``, the bilinear
-    model saved at ``method.bench_energy_model`` (e.g. ECC's fitted latency model) at the width chain."""
+def bench_cost(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> tuple[CostFn, float]:
+    """The cost a baseline job targets and the dense cost its budget is relative to.
+
+    ``method.bench_cost``: ``macs`` (the default; the dense MACs) or ``model``, the bilinear model saved at
+    ``method.bench_energy_model`` (e.g. ECC's fitted latency model) at the width chain, relative to the dense
+    net's measured cost recorded beside it in ``fit.json`` (what ECC's budget uses,
+    ``method.budget_reference=measured``), or to the model's own dense prediction when none was recorded.
+    """
     kind = cfg.method.get("bench_cost", "macs")
     if kind == "macs":
-        return macs_cost(model, x)
+        cost = macs_cost(model, x)
+        return cost, cost(width_chain(model)[1:-1])
     if kind != "model":
         raise ValueError(f"method.bench_cost must be macs or model, got {kind!r}")
-    energy_model = BilinearEnergyModel.load(cfg.method.bench_energy_model)
+    path = Path(cfg.method.bench_energy_model)
+    energy_model = BilinearEnergyModel.load(path)
     chain = width_chain(model)
-    return lambda widths: float(energy_model.predict([chain[0], *widths, chain[-1]]))
+    fit = json.loads((path.parent / "fit.json").read_text()) if (path.parent / "fit.json").exists() else {}
+    dense_ref = fit.get("dense_measured") or float(energy_model.dense_cost())
+    return lambda widths: float(energy_model.predict([chain[0], *widths, chain[-1]])), float(dense_ref)
 
 
 def uniform_widths(
-    model: torch.nn.Module, x: torch.Tensor, budget: float, cost: CostFn | None = None
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    budget: float,
+    cost: CostFn | None = None,
+    dense: float | None = None,
 ) -> list[int]:
-    """Every width times the largest common factor f whose cost (default MACs) is <= ``budget`` x the dense one."""
+    """Every width times the largest common factor f whose cost (default MACs) is <= ``budget`` x ``dense``
+    (default: the cost of the dense widths)."""
     cost = cost or macs_cost(model, x)
     ub = width_chain(model)[1:-1]
-    dense = cost(ub)
+    dense = cost(ub) if dense is None else dense
 
     def at(f: float) -> list[int]:
         return [max(1, round(f * u)) for u in ub]
@@ -228,8 +242,8 @@ def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     data = make_data(cfg, ctx.device)
     dense = phase_dense(cfg, ctx, data)
     x, _ = next(iter(data.test.epoch_iter(0)))
-    cost = bench_cost(cfg, dense, x[:1])
-    widths = uniform_widths(dense, x[:1], float(m.budget), cost)
+    cost, dense_ref = bench_cost(cfg, dense, x[:1])
+    widths = uniform_widths(dense, x[:1], float(m.budget), cost, dense_ref)
     keep = [
         group_scores(s).argsort(descending=True)[:w].sort().values for s, w in zip(width_slots(dense), widths)
     ]
@@ -237,16 +251,21 @@ def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
-    out["predicted_cost_ratio"] = cost(widths) / cost(width_chain(dense)[1:-1])
+    out["predicted_cost_ratio"] = cost(widths) / dense_ref
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
     return out
 
 
 def l1_prune(
-    model: torch.nn.Module, x: torch.Tensor, budget: float, steps: int = 200, cost: CostFn | None = None
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    budget: float,
+    steps: int = 200,
+    cost: CostFn | None = None,
+    dense: float | None = None,
 ) -> torch.nn.Module:
     """torch-pruning's global L1-magnitude channel pruning, stepped until the cost (default MACs, else
-    ``cost`` of the slot widths) is <= ``budget`` x dense.
+    ``cost`` of the slot widths) is <= ``budget`` x ``dense`` (default: the dense net's cost).
 
     ``MagnitudePruner(importance=MagnitudeImportance(p=1), global_pruning=True)`` with ``steps`` iterative steps
     towards 95 % of the channels removed (at most 98 % per layer); the classifier's outputs are kept.
@@ -255,7 +274,7 @@ def l1_prune(
 
     net = copy.deepcopy(model).eval()
     cost = cost or (lambda widths: float(count_macs(net, x)))  # MACs of the pruned net itself
-    dense = cost(width_chain(net)[1:-1])
+    dense = cost(width_chain(net)[1:-1]) if dense is None else dense
     pruner = tp.pruner.MagnitudePruner(
         net, x, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=True, pruning_ratio=0.95,
         max_pruning_ratio=0.98, iterative_steps=steps, ignored_layers=[last_layer(net)],
@@ -273,13 +292,13 @@ def run_l1_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     data = make_data(cfg, ctx.device)
     dense = phase_dense(cfg, ctx, data)
     x, _ = next(iter(data.test.epoch_iter(0)))
-    cost = bench_cost(cfg, dense, x[:1])
-    net = l1_prune(dense, x[:1], float(m.budget), cost=cost)
+    cost, dense_ref = bench_cost(cfg, dense, x[:1])
+    net = l1_prune(dense, x[:1], float(m.budget), cost=cost, dense=dense_ref)
     widths = width_chain(net)[1:-1]
     train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
-    out["predicted_cost_ratio"] = cost(widths) / cost(width_chain(dense)[1:-1])
+    out["predicted_cost_ratio"] = cost(widths) / dense_ref
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
     return out
 
@@ -298,8 +317,7 @@ def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     x, _ = next(iter(data.test.epoch_iter(0)))
     x1 = x[:1]
     dense_macs = count_macs(dense, x1)
-    cost = bench_cost(cfg, dense, x1)
-    dense_cost = cost(width_chain(dense)[1:-1])
+    cost, dense_cost = bench_cost(cfg, dense, x1)
 
     def short_term(net: torch.nn.Module, it: int) -> None:
         batches = itertools.islice(data.train.epoch_iter(it), NETADAPT_BATCHES)
@@ -483,8 +501,17 @@ def latency_part(
                         "pred dense ms": BilinearEnergyModel.load(out / "cost" / "energy_model.pt").dense_cost() * 1e3,
                     }  # fmt: skip
                 jobs: dict[str, tuple[dict[str, float], float]] = {"ECC": (r, time.perf_counter() - t)}
+                # NetAdapt is method=ecc's own option: same dense net, cost data, fit and budget as ECC
+                t, na_out = time.perf_counter(), root / f"na_s{seed}_b{budget}"
+                shutil.copytree(first / "cost", na_out / "cost")
+                r = run(
+                    compose_config(
+                        *ecc, *common, f"method.budget={budget}", "method.algorithm=netadapt",
+                        f"method.dense_checkpoint={first / 'dense' / 'model.pt'}", output_dir=na_out,
+                    )
+                )  # fmt: skip
+                jobs["NetAdapt ft"] = (r, time.perf_counter() - t)
                 for method, fn, tag in (
-                    ("NetAdapt ft", "run_netadapt_finetune", "na"),
                     ("uniform ft", "run_uniform_finetune", "uft"),
                     ("L1 global ft", "run_l1_finetune", "l1"),
                 ):
