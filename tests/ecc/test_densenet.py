@@ -22,6 +22,7 @@ from ecc.prune import (
     width_slots,
     zero_groups,
 )
+from tests.ecc.test_prune_cost import randomize_bn
 
 DEPTH, GROWTH = 16, 4  # two bottleneck layers per dense block
 
@@ -36,13 +37,7 @@ def _densenet(seed=0, in_channels=3, num_classes=10):
         depth=DEPTH,
         growth_rate=GROWTH,
     )
-    for m in model.modules():  # non-trivial BN statistics, so a wrong slice or offset shows
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 2)
-            m.bias.data.uniform_(-1, 1)
-    return model.eval()
+    return randomize_bn(model)
 
 
 def _macs_model(model, x):

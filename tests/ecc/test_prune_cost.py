@@ -31,16 +31,22 @@ NETS = {
 }
 
 
-def _net(name, in_channels=3):
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=10, in_channels=in_channels, image_size=32, **NETS.get(name, {}))
-    for m in model.modules():  # non-trivial BN statistics, so a wrong slice shows
+def randomize_bn(model):
+    """Non-trivial BN statistics and affine terms, so a wrong slice or offset shows; returns the model in eval."""
+    for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 2)
             m.bias.data.uniform_(-1, 1)
     return model.eval()
+
+
+def _net(name, in_channels=3):
+    torch.manual_seed(0)
+    return randomize_bn(
+        build_model(name, num_classes=10, in_channels=in_channels, image_size=32, **NETS.get(name, {}))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(NETS))

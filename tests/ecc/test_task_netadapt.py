@@ -12,20 +12,10 @@ from common.checkpoint import load_verified
 from common.engine import Trainer
 from launch.run import run
 from tests.conftest import Crash, crash_on_call
+from tests.ecc.test_task import TINY as ECC_TINY
 
-TINY = (
-    "method=ecc",
-    "method.algorithm=netadapt",
-    "network=alexnet_small",
-    "network.widths=[16,32,32,32,32]",
-    "network.hidden=[64,64]",
-    "network.dropout=0.0",
-    "method.cost=macs",
-    "method.samples=30",
-    "method.netadapt.iterations=3",
-    "method.netadapt.batches=2",
-    "optimizer.lr=0.05",
-)
+# test_task.py's tiny ECC run, with NetAdapt instead of ADMM
+TINY = (*ECC_TINY, "method.algorithm=netadapt", "method.netadapt.iterations=3", "method.netadapt.batches=2")
 
 
 def test_netadapt_ends_under_budget_and_a_rerun_skips_it(cfg_factory, tmp_path, monkeypatch):
