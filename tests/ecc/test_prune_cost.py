@@ -68,6 +68,26 @@ def test_slim_logits_equal_masked_logits(name):
     torch.testing.assert_close(again(x), model(x), atol=1e-5, rtol=0)
 
 
+def test_dense_cost_is_the_median_of_checks_spread_over_the_run_not_the_warm_up():
+    from ecc.cost import DENSE_CHECKS, MacsCost
+
+    class ColdStart(MacsCost):
+        """MACs, but the first two measurements (all-ones, then dense) are 1.5x slow, as a cold process is."""
+
+        calls = 0
+
+        def measure(self, model, example):
+            ColdStart.calls += 1
+            return super().measure(model, example) * (1.5 if ColdStart.calls <= 2 else 1.0)
+
+    model = _net("alexnet_small")
+    x = torch.randn(1, 3, 32, 32)
+    _, _, meta = collect_cost_data(model, x, ColdStart(), 25, show_progress=False)
+    dense = count_macs(model, x)
+    assert meta["dense_cost"] == dense and meta["dense_cost_first"] == 1.5 * dense
+    assert len(meta["dense_cost_checks"]) == DENSE_CHECKS
+
+
 def test_alexnet_macs_are_exactly_bilinear_in_the_widths():
     model = _net("alexnet_small")
     backend = make_backend("macs")
