@@ -25,13 +25,14 @@ kept), both from the same dense net and fine-tuned E epochs. SGD lr 0.02 (cosine
 
 Part ``latency``: digits resized to CIFAR resolution (bilinearly, by alexnet_small's ``min_input_size`` 32: 1x32x32),
 ``alexnet_small`` 32-64-128-96-96 / 256-256 (``MID_NET``, dropout 0), budgets ``--budgets`` (0.3 / 0.5 / 0.7) of
-the model-predicted dense latency. ``method=ecc method.cost=latency_cpu`` (``--samples`` random widths, each
+the measured dense latency (``method.budget_reference=measured``). ``method=ecc method.cost=latency_cpu`` (``--samples`` random widths, each
 timed with batch ``--batch``, median of ``--repeats``, 1 thread); the dense net and the cost data / bilinear fit
 of a seed's first budget are reused by its other budgets (``method.dense_checkpoint``, ``<out>/cost`` copied).
-Baselines from the same dense net, targeting the *same fitted latency model* (``+method.bench_cost=model
-+method.bench_energy_model=<ECC's cost/energy_model.pt>``): NetAdapt at the budget, uniform width scaling to the
-largest factor whose predicted latency fits, torch-pruning global L1 stepped until it fits; all fine-tuned E
-epochs. Every slim net is then timed against the dense one (``latency_ratios``: the same backend settings,
+Baselines from the same dense net, at the same budget on the *same fitted latency model*: NetAdapt as
+``method=ecc method.algorithm=netadapt`` (ECC's cost folder copied in), uniform width scaling to the largest
+factor whose predicted latency fits and torch-pruning global L1 stepped until it fits (``+method.bench_cost=model
++method.bench_energy_model=<ECC's cost/energy_model.pt>``, relative to the measured dense latency in the fit.json
+beside it); all fine-tuned E epochs. Every slim net is then timed against the dense one (``latency_ratios``: the same backend settings,
 ``--rounds`` interleaved dense/slim pairs, median ratio): the measured ratio next to the predicted one.
 """
 
