@@ -60,6 +60,22 @@ def test_fused_falls_back_to_foreach_when_compiling_fails(digits_batches, monkey
         assert torch.equal(a, b)  # the foreach path itself, bit for bit
 
 
+def test_fused_finishes_the_step_eagerly_when_only_the_update_fails_to_compile(digits_batches, monkeypatch):
+    compiled = ecco_optimizer._compiled
+
+    def update_broken(name):
+        if name == "update":
+            raise RuntimeError("no C++ compiler")
+        return compiled(name)
+
+    monkeypatch.setattr(ecco_optimizer, "_compiled", update_broken)
+    ref, _ = _train(digits_batches, fused=False, zeta=True, limited=False)
+    got, opt = _train(digits_batches, fused=True, zeta=True, limited=False)
+    assert opt._fused_failed  # one failed step, finished eagerly, then the foreach path
+    for a, b in zip(ref.parameters(), got.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
 def test_fused_needs_improved_mode():
     params = [nn.Parameter(torch.zeros(3))]
     with pytest.raises(ValueError, match="fused=True needs mode='improved'"):
