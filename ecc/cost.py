@@ -306,8 +306,8 @@ def collect_cost_data(
 
     Returns:
         ``(chains [N, L+2], costs [N], meta)``; ``meta`` holds the backend's description, the all-ones cost
-        and the dense cost (the median of DENSE_CHECKS measurements spread over the run; the first one, which
-        doubles as warm-up, is kept as ``dense_cost_first``), the network class and torch's version.
+        and the dense cost (the median of DENSE_CHECKS measurements spread over the run; the first one, taken
+        with the all-ones net before the samples, is kept as ``dense_cost_first``), the network class and torch's version.
     """
     chain = width_chain(model)
     ub = chain[1:-1]
@@ -315,9 +315,9 @@ def collect_cost_data(
     ones_cost = backend.measure(slim_to_widths(model, [1] * len(ub)), example)
     first_dense = backend.measure(model, example)
     costs = np.empty(samples, dtype=np.float64)
-    # the dense net is measured again DENSE_CHECKS times spread over the run and the median kept: its first
-    # measurement doubles as the process's warm-up (measured 15-40 % slow on CPU), and relative budgets divide
-    # by this number
+    # the dense net is measured again DENSE_CHECKS times spread over the run and the median kept: relative
+    # budgets divide by this number, and one timing is at the mercy of the moment's load (in one bench run with
+    # a single dense timing, the slim nets of budget 0.5 measured 0.25-0.41 of the dense latency)
     check_after = {int(i) for i in np.linspace(samples - 1, 0, min(DENSE_CHECKS, samples), endpoint=False)}
     dense_checks: list[float] = []
     for i in progress(range(samples), enabled=show_progress, desc=f"cost data ({backend.name})"):

@@ -163,7 +163,7 @@ def energy_budget(
     The reference is the dense net's *measured* cost from the cost data (``method.budget_reference=measured``,
     the default) or the model's prediction of it (``model``, or when nothing was measured: ``tx2_alexnet``).
     A fitted model misses the dense corner most (random widths rarely sample it: the latency fits here
-    over-predict it by 5-30 %), and every relative figure divides by it, so the measured value keeps "half
+    over-predicted it by 14-28 %), and every relative figure divides by it, so the measured value keeps "half
     the dense latency" what it says. B is ``method.budget`` times the reference, or absolute with
     ``budget_absolute``. Raises ValueError when B is below the model's cost of the all-ones network.
     """
