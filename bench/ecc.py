@@ -237,24 +237,41 @@ def uniform_widths(
     return at(lo)
 
 
-def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
-    """A ``method.run``: the dense net (``method.dense_checkpoint``) cut uniformly to the budget, fine-tuned."""
+def finetuned_baseline(
+    cfg: DictConfig, ctx: RunContext, cut: Callable[..., torch.nn.Module]
+) -> dict[str, float]:
+    """A baseline job: the dense net (``method.dense_checkpoint``) cut to the budget by
+    ``cut(dense, x, budget, cost, dense_ref)`` (on the ``method.bench_cost`` cost), then fine-tuned
+    ``finetune_epochs``; test accuracy, MACs and predicted cost ratios, widths."""
     m = cfg.method
     data = make_data(cfg, ctx.device)
     dense = phase_dense(cfg, ctx, data)
     x, _ = next(iter(data.test.epoch_iter(0)))
     cost, dense_ref = bench_cost(cfg, dense, x[:1])
-    widths = uniform_widths(dense, x[:1], float(m.budget), cost, dense_ref)
-    keep = [
-        group_scores(s).argsort(descending=True)[:w].sort().values for s, w in zip(width_slots(dense), widths)
-    ]
-    net = slim(dense, keep)
+    net = cut(dense, x[:1], float(m.budget), cost, dense_ref)
+    widths = width_chain(net)[1:-1]
     train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
     out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
     out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
     out["predicted_cost_ratio"] = cost(widths) / dense_ref
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
     return out
+
+
+def uniform_cut(
+    dense: torch.nn.Module, x: torch.Tensor, budget: float, cost: CostFn, dense_ref: float
+) -> torch.nn.Module:
+    """Uniform width scaling to the budget, each slot keeping its channels of largest group norm."""
+    widths = uniform_widths(dense, x, budget, cost, dense_ref)
+    keep = [
+        group_scores(s).argsort(descending=True)[:w].sort().values for s, w in zip(width_slots(dense), widths)
+    ]
+    return slim(dense, keep)
+
+
+def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    """A ``method.run``: the dense net (``method.dense_checkpoint``) cut uniformly to the budget, fine-tuned."""
+    return finetuned_baseline(cfg, ctx, uniform_cut)
 
 
 def l1_prune(
@@ -289,19 +306,11 @@ def l1_prune(
 
 def run_l1_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """A ``method.run``: the dense net (``method.dense_checkpoint``) L1-pruned to the budget, fine-tuned."""
-    m = cfg.method
-    data = make_data(cfg, ctx.device)
-    dense = phase_dense(cfg, ctx, data)
-    x, _ = next(iter(data.test.epoch_iter(0)))
-    cost, dense_ref = bench_cost(cfg, dense, x[:1])
-    net = l1_prune(dense, x[:1], float(m.budget), cost=cost, dense=dense_ref)
-    widths = width_chain(net)[1:-1]
-    train_model(cfg, net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
-    out = {"test_acc": evaluate(net, data.test, task=data.task, device=ctx.device)["test_acc"]}
-    out["macs_ratio"] = count_macs(net, x[:1]) / count_macs(dense, x[:1])
-    out["predicted_cost_ratio"] = cost(widths) / dense_ref
-    out.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
-    return out
+    return finetuned_baseline(
+        cfg,
+        ctx,
+        lambda dense, x, budget, cost, dense_ref: l1_prune(dense, x, budget, cost=cost, dense=dense_ref),
+    )
 
 
 NETADAPT_ITERATIONS = 10  # constant step: (dense - budget) / 10 of the MACs per iteration

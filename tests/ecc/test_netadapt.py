@@ -13,15 +13,7 @@ from common.metrics import count_macs
 from ecc.netadapt import keep_largest, layer_proposal, netadapt, short_term_finetune, shrink_slot
 from ecc.prune import slim_to_widths, width_chain, width_slots
 from launch.run import run
-
-TINY = (
-    "method=ecc",
-    "network=alexnet_small",
-    "network.widths=[16,32,32,32,32]",
-    "network.hidden=[64,64]",
-    "network.dropout=0.0",
-    "optimizer.lr=0.05",
-)
+from tests.ecc.test_task import TINY  # the tiny alexnet_small ECC run
 
 
 def chain_cost(widths):
