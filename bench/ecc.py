@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import copy
 import io
-import itertools
 import json
 import shutil
 import statistics
@@ -67,9 +66,9 @@ from common.models import build_model
 from common.task import train_model
 from ecc.cost import make_backend, sample_widths
 from ecc.energy_model import BilinearEnergyModel, mrae, split_holdout
-from ecc.netadapt import netadapt, short_term_finetune
+from ecc.netadapt import netadapt
 from ecc.prune import group_scores, last_layer, slim, slim_to_widths, width_chain, width_slots
-from ecc.task import phase_dense
+from ecc.task import netadapt_steps, phase_dense
 
 FIT_NETS = {
     "alexnet_small": dict(widths=[64, 192, 384, 256, 256], hidden=[1024, 1024], dropout=0.5),
@@ -329,13 +328,7 @@ def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     dense_macs = count_macs(dense, x1)
     cost, dense_cost = bench_cost(cfg, dense, x1)
 
-    def short_term(net: torch.nn.Module, it: int) -> None:
-        batches = itertools.islice(data.train.epoch_iter(it), NETADAPT_BATCHES)
-        short_term_finetune(net, batches, lr=float(cfg.optimizer.lr))
-
-    def score(net: torch.nn.Module) -> float:
-        return evaluate(net, data.val, task=data.task, prefix="val", device=ctx.device)["val_acc"]
-
+    short_term, score = netadapt_steps(data, ctx.device, NETADAPT_BATCHES, float(cfg.optimizer.lr))
     res = netadapt(
         dense, cost, float(m.budget) * dense_cost, iterations=NETADAPT_ITERATIONS, short_term=short_term,
         score=score, seed=int(cfg.seed),

@@ -219,8 +219,7 @@ class ECCStep:
 
     def energy(self, widths: torch.Tensor) -> torch.Tensor:
         """E of the widths of the L slots, times ``cost_scale`` (the units the s- and dual updates work in)."""
-        energy = self.energy_model.predict(self.chain(widths))
-        return energy * self.cost_scale if self.cost_scale != 1.0 else energy
+        return self.energy_model.predict(self.chain(widths)) * self.cost_scale  # ×1.0 is exact
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss, out = self.w_step(x, target)

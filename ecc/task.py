@@ -257,6 +257,23 @@ def rebuild_slim(cfg: DictConfig, data: Any, widths: list[int], device: torch.de
     return slim(make_model(cfg, data, device), [torch.arange(w) for w in widths])
 
 
+def netadapt_steps(
+    data: Any, device: torch.device, batches: int, lr: float, momentum: float = 0.9
+) -> tuple[Callable[[torch.nn.Module, int], None], Callable[[torch.nn.Module], float]]:
+    """NetAdapt's ``short_term`` (SGD on the first ``batches`` train minibatches of epoch ``it``) and ``score``
+    (accuracy on the ``val`` split) for :func:`ecc.netadapt.netadapt`."""
+
+    def short_term(net: torch.nn.Module, it: int) -> None:
+        short_term_finetune(
+            net, itertools.islice(data.train.epoch_iter(it), batches), lr=lr, momentum=momentum
+        )
+
+    def score(net: torch.nn.Module) -> float:
+        return evaluate(net, data.val, task=data.task, prefix="val", device=device)["val_acc"]
+
+    return short_term, score
+
+
 def phase_netadapt(
     cfg: DictConfig,
     ctx: RunContext,
@@ -290,13 +307,7 @@ def phase_netadapt(
         def cost(widths: list[int]) -> float:
             return float(energy_model.predict([chain[0], *widths, chain[-1]]))
 
-        def short_term(net: torch.nn.Module, it: int) -> None:
-            batches = itertools.islice(data.train.epoch_iter(it), int(na.batches))
-            short_term_finetune(net, batches, lr=lr, momentum=float(na.momentum))
-
-        def score(net: torch.nn.Module) -> float:
-            return evaluate(net, data.val, task=data.task, prefix="val", device=ctx.device)["val_acc"]
-
+        short_term, score = netadapt_steps(data, ctx.device, int(na.batches), lr, float(na.momentum))
         res = netadapt(
             dense, cost, budget, iterations=int(na.iterations), short_term=short_term, score=score,
             seed=int(cfg.seed),
