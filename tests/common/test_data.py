@@ -294,7 +294,9 @@ def test_digits_resize_drop_last_and_iteration_protocol(digits):
     # dataset.image_size=16 asks for 16x16 digits itself (the engine's request, when any, wins)
     mid = build_data(conf("digits", image_size=16), data_dir="unused", seed=0)
     assert mid.image_size == 16 and next(iter(mid.test))[0].shape == (360, 1, 16, 16)
-    assert build_data(conf("digits", image_size=16), data_dir="unused", seed=0, image_size=32).image_size == 32
+    assert (
+        build_data(conf("digits", image_size=16), data_dir="unused", seed=0, image_size=32).image_size == 32
+    )
 
 
 # --------------------------------------------------------------------------- CIFAR
