@@ -7,7 +7,6 @@ The resolvers are registered when this module is imported (``launch`` and the te
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +119,3 @@ def validate(cfg: DictConfig) -> None:
     backend = _get(cfg, "logger.backend")
     if backend not in ("none", "wandb"):
         raise ConfigError(f"logger.backend must be none or wandb, got {backend!r}")
-
-
-def to_container(cfg: DictConfig | Mapping) -> dict:
-    """The resolved config as plain Python containers."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,7 +61,25 @@ class RunContext:
     checkpoints: CheckpointManager
     progress: bool = True
     dist: DistContext = field(default_factory=DistContext)
-    extras: dict[str, Any] = field(default_factory=dict)
+
+    def child(
+        self, folder: str | Path, *, logger: RunLogger | None = None, cfg: DictConfig | None = None
+    ) -> RunContext:
+        """The context of a sub-run (a phase, a trial, a draw) in ``folder`` (created; relative to this run's).
+
+        The sub-run checkpoints into ``folder/checkpoints`` and keeps this run's device, progress setting and
+        distributed context. It logs into this run's logger unless ``logger`` is given (e.g.
+        ``RunLogger.null()`` for trials whose steps restart at 0, or a ``RunLogger(folder, ...)`` of its own).
+        """
+        folder = self.output_dir / folder
+        folder.mkdir(parents=True, exist_ok=True)
+        return replace(
+            self,
+            cfg=self.cfg if cfg is None else cfg,
+            output_dir=folder,
+            logger=self.logger if logger is None else logger,
+            checkpoints=CheckpointManager(folder),
+        )
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]

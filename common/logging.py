@@ -59,6 +59,11 @@ class RunLogger:
         if cfg.get("backend", "none") == "wandb":
             self._init_wandb(cfg, dict(run_config or {}), run_name)
 
+    @classmethod
+    def null(cls) -> RunLogger:
+        """A logger that records nothing (sub-runs whose steps would collide with the run's own)."""
+        return cls(".", enabled=False)
+
     def _run_id(self) -> str:
         id_file = self.output_dir / "wandb_run_id"
         if id_file.exists():

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
 from torch import nn
 
+from common.data import DataBundle
 from common.engine import RunContext, Trainer
 from common.factory import build_optimizer, build_scheduler, make_data, make_model
+from common.method import Method, MethodConfig
 from common.metrics import count_flops, count_parameters
 
 
 def train_model(
     cfg: DictConfig,
     model: nn.Module,
-    data: Any,
+    data: DataBundle,
     ctx: RunContext,
     *,
     lr: float | None = None,
@@ -39,3 +42,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     results["params"] = count_parameters(model)
     results["flops_per_sample"] = count_flops(model, x[:1])
     return results
+
+
+@dataclass
+class TrainConfig(MethodConfig):
+    """``method=train`` has no options of its own: ``cfg.optimizer``, ``cfg.scheduler`` and ``cfg.trainer`` say it all."""
+
+
+METHOD = Method(name="train", schema=TrainConfig, run=run)

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from common.method import load_method
+from common.plots import plot_sweep_lr
+from common.sweep import job_dirs
 from launch.collect import collect, write_summary
 
 log = logging.getLogger("launch")
@@ -48,22 +51,39 @@ class SweepSummary(Callback):
 
 
 def sweep_plots(sweep_dir: Path) -> list[Path]:
-    """The plots of a finished sweep: LR against step of every job (any method that logs an LR), and the
-    accuracy-cost plot when the sweep holds ``method=ecc`` runs. A plot that fails is a warning, not a failed sweep.
-    """
-    from adatune.plots import plot_sweep_lr
-    from ecc.plot import load_points, plot_accuracy_cost
+    """The plots of a finished sweep: LR against step of every job (any method that logs an LR), then each
+    method's own sweep artifacts (``Method.sweep_artifacts``) for the methods whose jobs the sweep holds.
 
-    written: list[Path] = []
-    for name, make in (
-        ("LR curves", lambda: plot_sweep_lr(sweep_dir)),
-        ("accuracy-cost", lambda: plot_accuracy_cost(sweep_dir) if load_points(sweep_dir) else None),
-    ):
+    A plot that fails is a warning, not a failed sweep: the table above is the sweep's result.
+    """
+    makers: list[tuple[str, Any]] = [("LR curves", lambda: [plot_sweep_lr(sweep_dir)])]
+    for plugin in _plugins_of(sweep_dir):
         try:
-            path = make()
-        except Exception as exc:  # noqa: BLE001 - the table above is the sweep's result; a plot is extra
+            method = load_method(plugin)
+        except Exception as exc:  # noqa: BLE001 - a job's config may name a plugin this checkout lacks
+            log.warning("sweep artifacts of %s not written: %s", plugin, exc)
+            continue
+        if method.sweep_artifacts is not None:
+            makers.append((f"method={method.name}", lambda m=method: m.sweep_artifacts(sweep_dir)))
+    written: list[Path] = []
+    for name, make in makers:
+        try:
+            paths = make()
+        except Exception as exc:  # noqa: BLE001
             log.warning("%s plot of %s not written: %s", name, sweep_dir, exc)
             continue
-        if path is not None:
-            written.append(Path(path))
+        written.extend(Path(p) for p in paths if p is not None)
     return written
+
+
+def _plugins_of(sweep_dir: Path) -> list[str]:
+    """The method plugins (``method.plugin``) of the jobs under ``sweep_dir``, in order of first appearance."""
+    plugins: dict[str, None] = {}
+    for job in job_dirs(sweep_dir):
+        try:
+            plugin = OmegaConf.select(OmegaConf.load(job / ".hydra" / "config.yaml"), "method.plugin")
+        except Exception:  # noqa: BLE001 - an unreadable config: that job has no artifacts
+            continue
+        if plugin:
+            plugins[str(plugin)] = None
+    return list(plugins)

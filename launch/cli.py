@@ -12,7 +12,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from common.config import CONF_DIR, ConfigError
-from launch.run import FAILED_FILE, RunLockedError, _write_json, run
+from common.io import write_json_atomic
+from launch.run import FAILED_FILE, RunLockedError, run
 
 log = logging.getLogger("launch")
 
@@ -44,7 +45,7 @@ def task(cfg: DictConfig) -> float | None:
         code = next(c for t, c in _user_errors().items() if isinstance(exc, t))
         log.error("%s: %s", type(exc).__name__, exc)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            _write_json(
+            write_json_atomic(
                 Path(cfg.paths.output_dir) / FAILED_FILE, {"error": type(exc).__name__, "message": str(exc)}
             )
             return None

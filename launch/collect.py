@@ -15,23 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from common.logging import format_table
+from common.sweep import job_dirs, job_overrides
 
 KEY_METRICS = ("test_acc", "test_loss", "val_acc", "train_loss", "test_mae")
-
-
-def _overrides(job_dir: Path) -> dict[str, str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
-    items = yaml.safe_load(path.read_text()) or []
-    out = {}
-    for item in items:
-        key, _, value = str(item).partition("=")
-        out[key.lstrip("+~")] = value
-    return out
 
 
 def job_status(job_dir: Path) -> str:
@@ -48,12 +35,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job folder (those holding ``.hydra/``) under ``sweep_dir``, sorted by job number."""
     sweep_dir = Path(sweep_dir)
     rows = []
-    jobs = sorted(
-        (p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml")),
-        key=lambda p: (len(p.parts), int(p.name) if p.name.isdigit() else 0, str(p)),
-    )
-    for job_dir in jobs:
-        row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)) or ".", **_overrides(job_dir)}
+    for job_dir in job_dirs(sweep_dir):
+        row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)) or ".", **job_overrides(job_dir)}
         row["status"] = job_status(job_dir)
         if row["status"] == "done":
             row.update(json.loads((job_dir / "results.json").read_text()))

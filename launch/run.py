@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import CheckpointManager
-from common.config import REPO_ROOT, ConfigError, validate
+from common.config import REPO_ROOT, validate
 from common.distributed import init_distributed, shutdown
 from common.engine import RunContext
+from common.io import write_json_atomic
 from common.logging import RunLogger, format_table
+from common.method import Method, configure_method
 from common.optim import resolve_device
 from common.seeding import seed_everything
 
@@ -97,12 +98,6 @@ _SLURM_KEYS = (
 )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def results_table(results: dict[str, Any], cfg: DictConfig, output_dir: Path) -> str:
     """The table printed at the end of a run."""
     title = (
@@ -120,6 +115,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     A folder with a checkpoint is resumed (``trainer.resume=true``).
     """
     validate(cfg)
+    method = configure_method(cfg)  # the method's options, checked before the folder is touched
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dist_ctx, dist_device = init_distributed(cfg.trainer.distributed, cfg.trainer.device)
@@ -136,12 +132,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if main:
                 (output_dir / FAILED_FILE).unlink(missing_ok=True)
                 (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                _write_json(output_dir / "meta.json", run_meta(cfg))
+                write_json_atomic(output_dir / "meta.json", run_meta(cfg))
             results = _run_method(
-                cfg, output_dir, dist_ctx, dist_device or resolve_device(cfg.trainer.device)
+                method, cfg, output_dir, dist_ctx, dist_device or resolve_device(cfg.trainer.device)
             )
             if main:
-                _write_json(done, results)
+                write_json_atomic(done, results)
         dist_ctx.barrier()
     finally:
         shutdown()
@@ -150,7 +146,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
-def _run_method(cfg: DictConfig, output_dir: Path, dist_ctx: Any, device: torch.device) -> dict[str, float]:
+def _run_method(
+    method: Method, cfg: DictConfig, output_dir: Path, dist_ctx: Any, device: torch.device
+) -> dict[str, float]:
     """Seed, build the run context, call the method's ``run(cfg, ctx)``; the logger is finished in any case."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -171,13 +169,9 @@ def _run_method(cfg: DictConfig, output_dir: Path, dist_ctx: Any, device: torch.
         progress=cfg.trainer.progress,
         dist=dist_ctx,
     )
-    try:
-        method_run = get_method(cfg.method.run)
-    except Exception as exc:
-        raise ConfigError(f"method.run: cannot import {cfg.method.run!r} ({exc})") from None
     exit_code = 1
     try:
-        results = dict(method_run(cfg, ctx))
+        results = dict(method.run(cfg, ctx))
         logger.summary(results)
         exit_code = 0
     finally:

@@ -1,9 +1,11 @@
 """The learning rate against the step for every run of a sweep, in one PNG.
 
-``python -m adatune.plots <sweep folder>`` writes ``<sweep folder>/lr_schedules.png``. Each job folder (one holding
-``.hydra/``) contributes its ``lr_schedule.csv`` (``method=adatune``: the LR of every step) or, failing that, the
-``lr`` entries of its ``metrics.jsonl`` (``method=train``: the LR logged per epoch, a staircase per epoch), so
-tuned and scheduled runs of one sweep share the figure. Lines are labelled with the overrides that vary.
+``python -m common.plots <sweep folder>`` writes ``<sweep folder>/lr_schedules.png`` (the sweep callback of
+``launch`` writes it at the end of every sweep). Each job folder contributes its ``lr_schedule.csv`` (a method
+that changes the LR every step writes one: ``method=adatune``) or, failing that, the learning rates in its
+``metrics.jsonl`` (the key ``lr``, or a method's namespaced ``<method>/lr``; ``method=train`` logs it per epoch,
+drawn as a staircase), so tuned and scheduled runs of one sweep share the figure. Lines are labelled with the
+overrides that vary between jobs.
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
+from common.sweep import job_dirs, job_overrides
 
-__all__ = ["lr_curve", "plot_sweep_lr"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["lr_curve", "lr_figure", "plot_sweep_lr"]
+
+
+def _lr_of(record: dict) -> float | None:
+    if "lr" in record:
+        return record["lr"]
+    namespaced = [k for k in record if k.endswith("/lr")]
+    return record[namespaced[0]] if namespaced else None
 
 
 def lr_curve(job_dir: str | Path) -> tuple[list[int], list[float]]:
@@ -33,28 +46,21 @@ def lr_curve(job_dir: str | Path) -> tuple[list[int], list[float]]:
     metrics = job_dir / "metrics.jsonl"
     if metrics.exists():
         for line in metrics.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            lr = rec.get("adatune/lr", rec.get("lr"))
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            lr = _lr_of(rec)
             if lr is not None and "step" in rec:
                 steps.append(int(rec["step"]))
                 lrs.append(float(lr))
     return steps, lrs
 
 
-def _overrides(job_dir: Path) -> dict[str, str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.exists() else None
-    return dict(str(item).lstrip("+~").partition("=")[::2] for item in items or [])
-
-
-def plot_sweep_lr(sweep_dir: str | Path, name: str = "lr_schedules.png") -> Path | None:
-    """Plot LR against step for each job under ``sweep_dir``; returns the PNG's path (None: no job logged an LR)."""
+def lr_figure(sweep_dir: str | Path) -> Figure | None:
+    """The figure of LR against step, one line per job under ``sweep_dir``; None when no job logged an LR."""
     sweep_dir = Path(sweep_dir)
-    jobs = sorted(
-        (p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")),
-        key=lambda p: (len(p.parts), int(p.name) if p.name.isdigit() else 0, str(p)),
-    )
-    curves = [(job, _overrides(job), *lr_curve(job)) for job in jobs]
+    curves = [(job, job_overrides(job), *lr_curve(job)) for job in job_dirs(sweep_dir)]
     curves = [c for c in curves if c[2]]
     if not curves:
         return None
@@ -74,10 +80,20 @@ def plot_sweep_lr(sweep_dir: str | Path, name: str = "lr_schedules.png") -> Path
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
-    ax.set_title(sweep_dir.name)
+    ax.set_title(f"learning rate per step: {sweep_dir.name}")
     ax.legend(fontsize=7, loc="best", ncol=1 + len(curves) // 12)
     fig.tight_layout()
-    out = sweep_dir / name
+    return fig
+
+
+def plot_sweep_lr(sweep_dir: str | Path, name: str = "lr_schedules.png") -> Path | None:
+    """Write :func:`lr_figure` to ``<sweep_dir>/<name>``; returns the path (None: no job logged an LR)."""
+    fig = lr_figure(sweep_dir)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    out = Path(sweep_dir) / name
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -85,9 +101,9 @@ def plot_sweep_lr(sweep_dir: str | Path, name: str = "lr_schedules.png") -> Path
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m adatune.plots <sweep folder>", file=sys.stderr)
-        return 2
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m common.plots <sweep folder>", file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
     out = plot_sweep_lr(args[0])
     print(out if out is not None else f"no learning rates logged under {args[0]}")
     return 0 if out is not None else 1
