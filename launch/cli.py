@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -28,11 +29,24 @@ def _user_errors() -> dict[type[BaseException], int]:
     return {**_USER_ERRORS, DatasetNotFoundError: 2, NonFiniteLossError: 3}
 
 
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _mark_failed(cfg: DictConfig, exc: BaseException, trace: str | None = None) -> None:
+    record = {"error": type(exc).__name__, "message": str(exc)}
+    if trace:
+        record["traceback"] = trace
+    write_json_atomic(Path(cfg.paths.output_dir) / FAILED_FILE, record)
+
+
 def task(cfg: DictConfig) -> float | None:
     """The Hydra task: run one job and return ``cfg.objective`` for sweepers.
 
-    A user error ends a single run with a one-line message and a non-zero exit code; inside a sweep it marks
-    the job failed (``failed.json``) and the sweep goes on (the sweep summary reports it and exits non-zero).
+    A user error ends a single run with a one-line message and a non-zero exit code. Inside a sweep any failure
+    of a job (a user error, or a bug: its traceback goes to the job's ``run.log`` and ``failed.json``) marks
+    that job failed and the sweep goes on; the sweep summary lists it and the sweep exits non-zero. A job
+    refused by another process's lock on its folder writes nothing there.
     """
     from common.engine import RunInterrupted
 
@@ -44,13 +58,18 @@ def task(cfg: DictConfig) -> float | None:
     except tuple(_user_errors()) as exc:
         code = next(c for t, c in _user_errors().items() if isinstance(exc, t))
         log.error("%s: %s", type(exc).__name__, exc)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            write_json_atomic(
-                Path(cfg.paths.output_dir) / FAILED_FILE, {"error": type(exc).__name__, "message": str(exc)}
-            )
+        if _in_sweep():
+            if not isinstance(exc, RunLockedError):
+                _mark_failed(cfg, exc)
             return None
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(code)
+    except Exception as exc:
+        if not _in_sweep():
+            raise  # a bug: the traceback is what the user needs (HYDRA_FULL_ERROR=1 shows all of it)
+        log.exception("job %s failed", cfg.paths.output_dir)
+        _mark_failed(cfg, exc, traceback.format_exc())
+        return None
     value = results.get(cfg.objective)
     if value is None:
         log.warning("objective %r is not among the results %s", cfg.objective, sorted(results))

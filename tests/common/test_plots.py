@@ -1,4 +1,4 @@
-"""The paper's schedule baselines as ``method=train scheduler=...`` sweeps, and the sweep-level LR plot."""
+"""The paper's schedule baselines as ``method=train scheduler=...`` sweeps, and the sweep-level LR plot (common.plots)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from adatune.plots import lr_curve, main, plot_sweep_lr
+from common.plots import lr_curve, lr_figure, main, plot_sweep_lr
 from launch.run import run
 from tests.conftest import run_cli
 
@@ -41,6 +41,14 @@ def test_schedule_baselines_sweep_with_method_train_and_plot(tmp_path):
     for job, name in enumerate(EXPECTED):
         assert _epoch_lrs(sweep / str(job)) == pytest.approx(EXPECTED[name], rel=1e-12)
         assert json.loads((sweep / str(job) / "results.json").read_text())["epochs"] == 3
+    fig = lr_figure(sweep)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "learning rate" and ax.get_yscale() == "log"
+    assert ax.get_title() == "learning rate per step: sweep"
+    # one line per job, labelled by the override that varies, holding that job's logged LRs
+    assert [line.get_label() for line in ax.get_lines()] == [f"scheduler={name}" for name in EXPECTED]
+    for line, name in zip(ax.get_lines(), EXPECTED):
+        assert list(line.get_ydata()) == pytest.approx(EXPECTED[name], rel=1e-12)
     out = plot_sweep_lr(sweep)
     assert out == sweep / "lr_schedules.png" and out.read_bytes()[:4] == b"\x89PNG"
 
@@ -51,6 +59,7 @@ def test_sweep_plot_reads_the_per_step_lr_of_adatune_runs(cfg_factory, tmp_path,
         run(cfg_factory("method=adatune", f"method.algorithm={algorithm}", name=f"sweep/{job}"))
         # what Hydra's multirun leaves in each job folder
         (sweep / str(job) / ".hydra").mkdir()
+        (sweep / str(job) / ".hydra" / "config.yaml").write_text("method:\n  name: adatune\n")
         (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
             f"- method=adatune\n- method.algorithm={algorithm}\n"
         )
@@ -58,6 +67,9 @@ def test_sweep_plot_reads_the_per_step_lr_of_adatune_runs(cfg_factory, tmp_path,
         recs = [json.loads(x) for x in (sweep / str(job) / "metrics.jsonl").read_text().splitlines()]
         assert steps == [1, 2, 3] and lrs == [r["adatune/lr"] for r in recs if "adatune/lr" in r]
     assert main([str(sweep)]) == 0
+    (ax,) = lr_figure(sweep).axes
+    assert [line.get_label() for line in ax.get_lines()] == ["method.algorithm=hd", "method.algorithm=marthe"]
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [3, 3]
     assert (sweep / "lr_schedules.png").read_bytes()[:4] == b"\x89PNG"
     assert "lr_schedules.png" in capsys.readouterr().out
     assert plot_sweep_lr(tmp_path / "empty") is None
