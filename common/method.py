@@ -183,8 +183,8 @@ def _checked_fields(obj: Any, prefix: str) -> None:
 def configure_method(cfg: DictConfig) -> Method:
     """Find ``cfg.method``'s plugin, check ``cfg.method`` against its schema, return the plugin.
 
-    On success ``cfg.method`` is replaced by the checked values (resolved, types converted: ``"3"`` for an int
-    option becomes ``3``), so a method reads typed options. Raises :class:`ConfigError` with one line naming
+    On success ``cfg.method`` is replaced by the typed node (types converted: ``"3"`` for an int option becomes
+    ``3``; interpolations kept), so a method reads typed options. Raises :class:`ConfigError` with one line naming
     the key: an unknown key (a misspelt ``+method.x``), a wrong type, a value outside its choices or range,
     a combination the schema's ``check`` refuses, or a network the method does not support.
     """
@@ -213,6 +213,9 @@ def configure_method(cfg: DictConfig) -> Method:
         raise ConfigError(
             f"method={method.name} does not work with network={network}{what}; supported: {', '.join(accepted)}"
         )
+    # cfg.method becomes the typed node; interpolations (``${trainer.epochs}``) are kept, so that the folder's
+    # record shows where a value came from and a key derived from another follows it
+    typed = OmegaConf.merge(OmegaConf.structured(method.schema), OmegaConf.to_container(cfg.method))
     with open_dict(cfg):
-        cfg.method = merged
+        cfg.method = typed
     return method

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,8 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from common.config import CONF_DIR, ConfigError
-from common.io import write_json_atomic
-from launch.run import FAILED_FILE, RunLockedError, run
+from launch.run import RunLockedError, record_failure, run
 
 log = logging.getLogger("launch")
 
@@ -31,13 +29,6 @@ def _user_errors() -> dict[type[BaseException], int]:
 
 def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _mark_failed(cfg: DictConfig, exc: BaseException, trace: str | None = None) -> None:
-    record = {"error": type(exc).__name__, "message": str(exc)}
-    if trace:
-        record["traceback"] = trace
-    write_json_atomic(Path(cfg.paths.output_dir) / FAILED_FILE, record)
 
 
 def task(cfg: DictConfig) -> float | None:
@@ -59,8 +50,7 @@ def task(cfg: DictConfig) -> float | None:
         code = next(c for t, c in _user_errors().items() if isinstance(exc, t))
         log.error("%s: %s", type(exc).__name__, exc)
         if _in_sweep():
-            if not isinstance(exc, RunLockedError):
-                _mark_failed(cfg, exc)
+            record_failure(cfg, exc)
             return None
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(code)
@@ -68,7 +58,7 @@ def task(cfg: DictConfig) -> float | None:
         if not _in_sweep():
             raise  # a bug: the traceback is what the user needs (HYDRA_FULL_ERROR=1 shows all of it)
         log.exception("job %s failed", cfg.paths.output_dir)
-        _mark_failed(cfg, exc, traceback.format_exc())
+        record_failure(cfg, exc, traceback.format_exc())
         return None
     value = results.get(cfg.objective)
     if value is None:

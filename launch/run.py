@@ -6,6 +6,7 @@ It owns the run folder: a lock against a second process writing into it, ``confi
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import CheckpointManager
-from common.config import REPO_ROOT, validate
+from common.config import REPO_ROOT, ConfigError, validate
 from common.distributed import init_distributed, shutdown
 from common.engine import RunContext
-from common.io import write_json_atomic
+from common.io import write_json_atomic, write_text_atomic
 from common.logging import RunLogger, format_table
 from common.method import Method, configure_method
 from common.optim import resolve_device
@@ -108,11 +110,120 @@ def results_table(results: dict[str, Any], cfg: DictConfig, output_dir: Path) ->
     return f"{title}\n{format_table(rows, floatfmt='.4g')}"
 
 
+class FolderConfigError(ConfigError):
+    """The folder holds a run of another config: resuming or rerunning it would mix two configs."""
+
+
+# Keys that do not change what a run computes: where files go, how it logs and checkpoints, how many threads.
+# A resume or rerun may change them; any other difference is refused (trainer.epochs may grow, see below).
+NEUTRAL_KEYS = (
+    "paths",
+    "logger",
+    "tags",
+    "cluster",
+    "objective",
+    "trainer.progress",
+    "trainer.resume",
+    "trainer.threads",
+    "trainer.device",
+    "trainer.log_every_steps",
+    "trainer.checkpoint_every_min",
+    "trainer.checkpoint_every_steps",
+    "trainer.checkpoint_min_interval_s",
+)
+CONFIG_RECORD = "config_resolved.yaml"
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (before, after)}`` of the leaves that differ, neutral keys left out."""
+    a, b = _flatten(before), _flatten(after)
+    neutral = tuple(NEUTRAL_KEYS)
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not any(k == n or k.startswith(n + ".") for n in neutral)
+    }
+
+
+def check_folder_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """Refuse to resume or rerun a folder that was run with another config; return the old record's meta note.
+
+    The folder's ``config_resolved.yaml`` is compared with ``cfg`` (resolved) leaf by leaf. Growing
+    ``trainer.epochs`` of an unfinished run is allowed (returned, to be recorded in ``meta.json``); every other
+    difference in a key that changes results raises :class:`FolderConfigError` listing the keys.
+    """
+    record = output_dir / CONFIG_RECORD
+    if not cfg.trainer.resume or not record.exists():
+        return None
+    before = OmegaConf.to_container(OmegaConf.load(record), resolve=False)
+    changes = config_changes(before, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    note = None
+    epochs = changes.get("trainer.epochs")
+    if epochs is not None and not (output_dir / RESULTS_FILE).exists() and epochs[1] > epochs[0]:
+        # keys derived from trainer.epochs (a scheduler's horizon) follow it: compare with the old epochs put back
+        probe = copy.deepcopy(cfg)
+        probe.trainer.epochs = epochs[0]
+        changes = config_changes(before, OmegaConf.to_container(probe, resolve=True))  # type: ignore[arg-type]
+        note = {"epochs_extended": {"from": epochs[0], "to": epochs[1]}}
+    if changes:
+        shown = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in list(changes.items())[:6])
+        more = f" and {len(changes) - 6} more" if len(changes) > 6 else ""
+        raise FolderConfigError(
+            f"{output_dir} holds a run with another config: {shown}{more}. Run in another folder "
+            "(hydra.run.dir=...), or restart this one from scratch with trainer.resume=false"
+        )
+    return note
+
+
+def write_hydra_record(output_dir: Path) -> None:
+    """Write ``.hydra/{config,hydra,overrides}.yaml`` (Hydra's own, turned off: ``hydra.output_subdir: null``).
+
+    They are written here, with the folder's lock held, so that a second process refused by the lock (or by
+    :func:`check_folder_config`) never rewrites the first one's record.
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    folder = output_dir / ".hydra"
+    folder.mkdir(exist_ok=True)
+    task_cfg = OmegaConf.masked_copy(hydra_cfg, [k for k in hydra_cfg if k != "hydra"])  # type: ignore[arg-type]
+    for name, node in (
+        ("config.yaml", task_cfg),
+        ("hydra.yaml", OmegaConf.masked_copy(hydra_cfg, ["hydra"])),  # type: ignore[arg-type]
+        ("overrides.yaml", hydra_cfg.hydra.overrides.task),  # type: ignore[union-attr]
+    ):
+        write_text_atomic(folder / name, OmegaConf.to_yaml(node))
+
+
+@contextmanager
+def run_log(output_dir: Path) -> Iterator[None]:
+    """Copy the log records of this run into ``<output_dir>/run.log`` (appended), while the lock is held."""
+    handler = logging.FileHandler(output_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the job described by ``cfg`` in ``cfg.paths.output_dir`` and return its final metrics.
 
     A folder that already holds ``results.json`` is a finished job: its results are returned as they are.
-    A folder with a checkpoint is resumed (``trainer.resume=true``).
+    A folder with a checkpoint is resumed (``trainer.resume=true``). Nothing in the folder is written before
+    the config is checked and the folder's lock is held; a folder run with another config is refused.
     """
     validate(cfg)
     method = configure_method(cfg)  # the method's options, checked before the folder is touched
@@ -122,6 +233,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     main = dist_ctx.is_main  # only rank 0 writes into the folder
     try:
         with run_lock(output_dir) if main else nullcontext():
+            note = check_folder_config(cfg, output_dir)
             done = output_dir / RESULTS_FILE
             if done.exists() and cfg.trainer.resume:
                 results = json.loads(done.read_text())
@@ -129,21 +241,64 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 if main:
                     print(results_table(results, cfg, output_dir), flush=True)
                 return results
-            if main:
-                (output_dir / FAILED_FILE).unlink(missing_ok=True)
-                (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                write_json_atomic(output_dir / "meta.json", run_meta(cfg))
-            results = _run_method(
-                method, cfg, output_dir, dist_ctx, dist_device or resolve_device(cfg.trainer.device)
-            )
-            if main:
-                write_json_atomic(done, results)
+            with run_log(output_dir) if main else nullcontext():
+                if main:
+                    write_hydra_record(output_dir)
+                    (output_dir / FAILED_FILE).unlink(missing_ok=True)
+                    write_text_atomic(output_dir / CONFIG_RECORD, OmegaConf.to_yaml(cfg, resolve=True))
+                    write_json_atomic(output_dir / "meta.json", _meta_with_history(cfg, output_dir, note))
+                results = _run_method(
+                    method, cfg, output_dir, dist_ctx, dist_device or resolve_device(cfg.trainer.device)
+                )
+                if main:
+                    write_json_atomic(done, results)
         dist_ctx.barrier()
     finally:
         shutdown()
     if main:
         print(results_table(results, cfg, output_dir), flush=True)
     return results
+
+
+def _meta_with_history(cfg: DictConfig, output_dir: Path, note: dict[str, Any] | None) -> dict[str, Any]:
+    """This start's provenance; a resumed folder keeps its first start's and lists the later ones."""
+    meta = run_meta(cfg)
+    path = output_dir / "meta.json"
+    if not (cfg.trainer.resume and path.exists()):
+        return meta
+    try:
+        first = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return meta
+    resumes = [
+        *first.get("resumes", []),
+        {k: meta[k] for k in ("started", "host", "git_sha", "argv", "slurm")},
+    ]
+    first["resumes"] = resumes
+    if note:
+        first.setdefault("epochs_extended", []).append(note["epochs_extended"])
+    return first
+
+
+def record_failure(cfg: DictConfig, exc: BaseException, trace: str | None = None) -> None:
+    """Mark a sweep's job failed (``failed.json``, plus Hydra's ``.hydra/`` record so ``collect`` lists it).
+
+    Not when the folder is another process's (its lock is held) or holds a run of another config.
+    """
+    if isinstance(exc, RunLockedError | FolderConfigError):
+        return
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(output_dir):
+            if not (output_dir / ".hydra" / "config.yaml").exists():
+                write_hydra_record(output_dir)
+            record = {"error": type(exc).__name__, "message": str(exc)}
+            if trace:
+                record["traceback"] = trace
+            write_json_atomic(output_dir / FAILED_FILE, record)
+    except RunLockedError:
+        return
 
 
 def _run_method(
