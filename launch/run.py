@@ -34,6 +34,7 @@ from common.logging import RunLogger, format_table
 from common.method import Method, configure_method
 from common.optim import resolve_device
 from common.seeding import seed_everything
+from launch.health import learning_warning
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def results_table(results: dict[str, Any], cfg: DictConfig, output_dir: Path) ->
         f"Results: method={cfg.method.name} network={cfg.network.name} dataset={cfg.dataset.name} "
         f"seed={cfg.seed}\n  {output_dir}"
     )
-    rows = [{"metric": k, "value": v} for k, v in results.items()]
+    rows = [{"metric": k, "value": v} for k, v in results.items() if k != "warning"]
     return f"{title}\n{format_table(rows, floatfmt='.4g')}"
 
 
@@ -251,12 +252,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
                     method, cfg, output_dir, dist_ctx, dist_device or resolve_device(cfg.trainer.device)
                 )
                 if main:
+                    warning = learning_warning(results, cfg, output_dir)
+                    if warning:
+                        log.warning("%s", warning)
+                        results["warning"] = warning
                     write_json_atomic(done, results)
         dist_ctx.barrier()
     finally:
         shutdown()
     if main:
         print(results_table(results, cfg, output_dir), flush=True)
+        if results.get("warning"):
+            print(f"warning: {results['warning']}", flush=True)
     return results
 
 
