@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -9,7 +10,8 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
 
-from launch.collect import aggregate_over_seeds, collect
+from launch.collect import aggregate_over_seeds, collect, write_summary
+from launch.collect import main as collect_main
 from launch.resweep import sweep_jobs, unfinished
 from tests.conftest import compose_config, run_cli
 
@@ -102,7 +104,20 @@ def test_collect_marks_failed_and_unfinished_jobs(tmp_path):
     assert [r["status"] for r in rows] == ["done", "done", "failed", "partial"]
     assert rows[2]["error"] == "NonFiniteLossError: nan"
     (agg,) = aggregate_over_seeds(rows)
-    assert agg["seeds"] == 4 and agg["test_acc"] == "0.5500 ± 0.0707"  # over the two finished seeds
+    assert agg["seeds"] == 4  # over the two finished seeds:
+    assert agg["test_acc_mean"] == pytest.approx(0.55) and agg["test_acc_std"] == pytest.approx(0.1 / 2**0.5)
+    # the tables are saved, the seed table as numbers (CSV) and as mean ± std (Markdown)
+    text = write_summary(tmp_path, rows)
+    assert "0.5500 ± 0.0707" in text and "0.5500 ± 0.0707" in (tmp_path / "summary.md").read_text()
+    (seed_row,) = list(csv.DictReader((tmp_path / "summary_seeds.csv").open()))
+    assert float(seed_row["test_acc_mean"]) == pytest.approx(0.55) and seed_row["seeds"] == "4"
+
+
+def test_collect_help_and_bad_arguments(tmp_path, capsys):
+    assert collect_main(["--help"]) == 0 and "usage: python -m launch.collect" in capsys.readouterr().out
+    assert collect_main([]) == 2
+    assert collect_main([str(tmp_path / "nope")]) == 2 and "is not a folder" in capsys.readouterr().err
+    assert collect_main([str(tmp_path)]) == 1
 
 
 def test_launcher_check_without_sbatch(monkeypatch):
