@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.models import build_model  # noqa: E402
 from ecco import ECCO  # noqa: E402
-from ecco.search import OPTIMIZERS, draw, summarize  # noqa: E402
-from ecco.task import make_optimizer  # noqa: E402
+from ecco.draws import draw, summarize  # noqa: E402
+from ecco.task import OPTIMIZERS, make_optimizer  # noqa: E402
 
 
 def _time(fn, reps: int) -> float:

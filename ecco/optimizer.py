@@ -43,6 +43,8 @@ from ecco.limiting import LIMITABLE, InputRecorder, find_limitable_layers, preac
 log = logging.getLogger(__name__)
 
 MODES = ("improved", "paper")
+# what a config may say for limit_activations (Python callers may also pass modules)
+LIMIT_ACTIVATIONS = ("none", "auto")
 # the original's BatchNorm for limiting is a fresh nn.BatchNorm2d: eps 1e-5 whatever the model's layer uses
 PAPER_BN_EPS = 1e-5
 # after this many steps the optimizer logs once how many steps hit the cap (one host sync, once)
@@ -577,15 +579,15 @@ def build(
     if limit_activations is None or (isinstance(limit_activations, str) and limit_activations == "none"):
         spec: LimitSpec = None
     elif isinstance(limit_activations, str):
-        if limit_activations != "auto":
+        if limit_activations not in LIMIT_ACTIVATIONS:
             raise ValueError(
-                f"limit_activations must be 'none', 'auto' or modules, got {limit_activations!r}"
+                f"limit_activations must be one of {LIMIT_ACTIVATIONS} or modules, got {limit_activations!r}"
             )
         if model is None:
+            # common.optim.build_optimizer passes the model (build.takes_model); a direct call may not
             raise ValueError(
-                "optimizer.limit_activations=auto needs the model, but the optimizer was built from "
-                "model.parameters() (method=train). Use a method that passes the model (e.g. "
-                "method=ecco_robustness) or build ECCO(model.parameters(), limit_activations=model) in Python"
+                "limit_activations='auto' needs the model, but ecco.build got its parameters: pass the model "
+                "itself, or build ECCO(model.parameters(), limit_activations=model)"
             )
         spec = model
     else:

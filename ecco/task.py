@@ -1,6 +1,6 @@
 """Method ``ecco_robustness``: the paper's robustness study, random hyperparameter search per optimizer.
 
-For each optimizer in ``method.optimizers`` and each of ``method.trials`` draws (``ecco.search.draw``), one full
+For each optimizer in ``method.optimizers`` and each of ``method.trials`` draws (``ecco.draws.draw``), one full
 training run of ``cfg.network`` on ``cfg.dataset`` in ``<output_dir>/trials/<optimizer>-<k>/`` (its own
 checkpoint and ``metrics.jsonl``; ``result.json`` marks it finished and it is never rerun). ``trials.csv`` holds
 every draw and its final metrics; ``summary.csv`` the distribution per optimizer; ``robustness.png`` a
@@ -16,10 +16,12 @@ only the draws that have no ``result.json``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +29,59 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import CheckpointManager
+from common.config import ConfigError
+from common.data import DataBundle
 from common.engine import NonFiniteLossError, RunContext, Trainer, evaluate
 from common.factory import make_data, make_model
+from common.io import write_json_atomic, write_text_atomic
 from common.logging import RunLogger, format_table
+from common.method import Method, MethodConfig, option
 from common.optim import resolve_device
 from common.seeding import seed_everything
+from ecco.draws import RANGES, draw, summarize
+from ecco.optimizer import LIMIT_ACTIVATIONS, MODES
 from ecco.optimizer import build as build_ecco
-from ecco.search import OPTIMIZERS, draw, summarize
 
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(name: str, hp: dict[str, Any], model: torch.nn.Module, ecco_options: dict[str, Any]):
-    """The optimizer and its epoch-level scheduler (cosine where the draw has ``t_max``) of one trial."""
+# One builder per optimizer of the study: (model, its draw without t_max, ECCO's fixed options) -> optimizer.
+# Their names are the study's optimizers (method.optimizers); ecco.draws.draw has ranges for each.
+OptimizerBuilder = Callable[[torch.nn.Module, dict[str, Any], dict[str, Any]], torch.optim.Optimizer]
+BUILDERS: dict[str, OptimizerBuilder] = {
+    # ECCO gets the model itself, so that limit_activations=auto can find the layers feeding a ReLU
+    "ecco": lambda model, hp, ecco_options: build_ecco(model, **hp, **ecco_options),
+    "adam": lambda model, hp, _: torch.optim.Adam(model.parameters(), lr=hp["lr"], betas=tuple(hp["betas"])),
+    "sgd_momentum": lambda model, hp, _: torch.optim.SGD(model.parameters(), **hp),
+    "adagrad": lambda model, hp, _: torch.optim.Adagrad(model.parameters(), **hp),
+    "rmsprop": lambda model, hp, _: torch.optim.RMSprop(model.parameters(), **hp),
+}
+OPTIMIZERS = tuple(BUILDERS)
+EXECUTORS = ("inline", "local", "slurm")
+
+
+def make_optimizer(
+    name: str, hp: dict[str, Any], model: torch.nn.Module, ecco_options: dict[str, Any]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer and its epoch-level scheduler (cosine where the draw has ``t_max``) of one trial.
+
+    Args:
+        name: one of :data:`OPTIMIZERS`.
+        hp: the draw (:func:`ecco.draws.draw`).
+        model: the trial's model.
+        ecco_options: ECCO's options besides the drawn ``eta``/``alpha_0`` (ignored by the other optimizers).
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`OPTIMIZERS`.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
     kw = {k: v for k, v in hp.items() if k != "t_max"}
-    if name == "ecco":
-        optimizer = build_ecco(model, **kw, **ecco_options)
-    elif name == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=kw["lr"], betas=tuple(kw["betas"]))
-    elif name == "sgd_momentum":
-        optimizer = torch.optim.SGD(model.parameters(), **kw)
-    elif name == "adagrad":
-        optimizer = torch.optim.Adagrad(model.parameters(), **kw)
-    elif name == "rmsprop":
-        optimizer = torch.optim.RMSprop(model.parameters(), **kw)
-    else:
-        raise ValueError(f"method.optimizers: unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    optimizer = BUILDERS[name](model, kw, ecco_options)
     scheduler = None
     if "t_max" in hp:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(hp["t_max"]))
     return optimizer, scheduler
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -71,34 +90,27 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def run_trial(
-    cfg: DictConfig, ctx: RunContext, data: Any, name: str, trial: int, trial_dir: Path
+    cfg: DictConfig, ctx: RunContext, data: DataBundle, name: str, trial: int, trial_dir: Path
 ) -> dict[str, Any]:
     """Train one draw to the end (resuming its checkpoint) and return its row of ``trials.csv``."""
     m = cfg.method
-    epochs = int(m.epochs if m.epochs is not None else cfg.trainer.epochs)
-    hp = draw(name, trial, seed=int(m.search_seed), ranges=str(m.ranges), epochs=epochs)
+    epochs = m.epochs if m.epochs is not None else int(cfg.trainer.epochs)
+    hp = draw(name, trial, seed=m.search_seed, ranges=m.ranges, epochs=epochs)
     seed_everything(int(cfg.seed) + trial)
     model = make_model(cfg, data, ctx.device)
-    ecco_options = dict(OmegaConf.to_container(m.ecco, resolve=True)) if name == "ecco" else {}
+    ecco_options = OmegaConf.to_container(m.ecco) if name == "ecco" else {}
     optimizer, scheduler = make_optimizer(name, hp, model, ecco_options)
-    logger = RunLogger(trial_dir, {"backend": "none"})
-    trial_ctx = RunContext(
-        cfg=cfg,
-        output_dir=trial_dir,
-        device=ctx.device,
-        logger=logger,
-        checkpoints=CheckpointManager(trial_dir),
-        progress=ctx.progress,
-    )
+    # each draw's steps start at 0: it logs into its own metrics.jsonl, not the study's (rank 0 writes it)
+    logger = RunLogger(trial_dir, {"backend": "none"}, enabled=ctx.dist.is_main)
+    trial_ctx = ctx.child(trial_dir, logger=logger)
     trainer = Trainer.from_config(
         cfg, model, optimizer, data, trial_ctx, scheduler=scheduler, epochs=epochs, phase=f"{name}-{trial}"
     )
@@ -123,15 +135,17 @@ def run_trial(
     return row
 
 
-def finish_trial(cfg: DictConfig, ctx: RunContext, data: Any, name: str, trial: int, trial_dir: Path) -> dict:
+def finish_trial(
+    cfg: DictConfig, ctx: RunContext, data: DataBundle, name: str, trial: int, trial_dir: Path
+) -> dict[str, Any]:
     """Train one draw and write its ``result.json`` (atomically, last: the marker that it is done)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     row = run_trial(cfg, ctx, data, name, trial, trial_dir)
-    _write_json(trial_dir / "result.json", row)
+    write_json_atomic(trial_dir / "result.json", row)
     return row
 
 
-def draw_job(cfg: DictConfig, name: str, trial: int, trial_dir: str) -> dict:
+def draw_job(cfg: DictConfig, name: str, trial: int, trial_dir: str) -> dict[str, Any]:
     """The body of one submitit job: one draw, on the device ``trainer.device`` resolves to in that job."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -139,34 +153,40 @@ def draw_job(cfg: DictConfig, name: str, trial: int, trial_dir: str) -> dict:
     device = resolve_device(cfg.trainer.device)
     data = make_data(cfg, device)
     out = Path(trial_dir)
-    # run_trial makes the draw's own logger and checkpoints; of this context it reads the device only
-    ctx = RunContext(cfg=cfg, output_dir=out, device=device, logger=None, checkpoints=None, progress=False)
+    # the job's own context, rooted at its draw's folder; run_trial trains in a child of it with the
+    # draw's own logger, so this one records nothing
+    ctx = RunContext(
+        cfg=cfg,
+        output_dir=out,
+        device=device,
+        logger=RunLogger.null(),
+        checkpoints=CheckpointManager(out),
+        progress=False,
+    )
     return finish_trial(cfg, ctx, data, name, trial, out)
 
 
-def make_executor(cfg: DictConfig, folder: Path):
+def make_executor(cfg: DictConfig, folder: Path) -> Any:
     """A submitit executor for ``method.executor`` (``local`` or ``slurm``), or None for ``inline``."""
     m = cfg.method
-    kind = str(m.get("executor", "inline"))
+    kind = m.executor
     if kind == "inline":
         return None
-    if kind not in ("local", "slurm"):
-        raise ValueError(f"method.executor must be inline, local or slurm, got {kind!r}")
     import submitit
 
     job = m.job
     executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
     params: dict[str, Any] = dict(
-        timeout_min=int(job.timeout_min),
-        gpus_per_node=int(job.gpus_per_node),
-        cpus_per_task=int(job.cpus_per_task),
+        timeout_min=job.timeout_min,
+        gpus_per_node=job.gpus_per_node,
+        cpus_per_task=job.cpus_per_task,
         name=f"ecco-{cfg.network.name}",
     )
     if kind == "slurm":
         c = cfg.cluster
         params.update(
-            mem_gb=int(job.mem_gb),
-            slurm_array_parallelism=int(job.array_parallelism),
+            mem_gb=job.mem_gb,
+            slurm_array_parallelism=job.array_parallelism,
             slurm_partition=c.get("partition"),
             slurm_account=c.get("account"),
             slurm_qos=c.get("qos"),
@@ -201,14 +221,11 @@ def _plot(path: Path, rows: list[dict[str, Any]], metric: str, names: list[str])
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """Run (or finish) the study; return per-optimizer medians and the best draw's metrics."""
     m = cfg.method
-    names = [str(n) for n in m.optimizers]
-    for n in names:
-        if n not in OPTIMIZERS:
-            raise ValueError(f"method.optimizers: unknown optimizer {n!r}; choose from {OPTIMIZERS}")
+    names = list(m.optimizers)
     data = make_data(cfg, ctx.device)
     regression = data.task == "regression"
     metric = "test_loss" if regression else "test_acc"
-    draws = [(name, trial) for name in names for trial in range(int(m.trials))]
+    draws = [(name, trial) for name in names for trial in range(m.trials)]
     trial_dir = {d: ctx.output_dir / "trials" / f"{d[0]}-{d[1]:03d}" for d in draws}
     pending = [d for d in draws if not (trial_dir[d] / "result.json").exists()]
     executor = make_executor(cfg, ctx.output_dir / "submitit")
@@ -256,3 +273,87 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
                 results[key] = float(best[key])
     results["trials"] = float(len(rows))
     return results
+
+
+@dataclass
+class EccoOptions:
+    """ECCO's options besides the drawn ``eta`` and ``alpha_0`` (``method.ecco``; see ``conf/optimizer/ecco.yaml``).
+
+    Attributes:
+        mode: ``improved`` (the original's bugs fixed) or ``paper`` (its arithmetic, quirks included).
+        limit_activations: ``none`` or ``auto`` (limit the Linear/BatchNorm layers that feed a ReLU).
+        dt_max: the cap on every step size.
+        limit_floor: the smallest step limiting may shrink a step to.
+        dt_min: the smallest step size (0: none); at most ``dt_max``.
+        zeta: use the ζ factor (False keeps no gradient buffer).
+        fused: the improved step as two ``torch.compile``'d passes.
+    """
+
+    mode: str = option(choices=MODES)
+    limit_activations: str = option(choices=LIMIT_ACTIVATIONS)
+    dt_max: float = option(gt=0, lt=math.inf)
+    limit_floor: float = option(ge=0, lt=math.inf)
+    dt_min: float = option(ge=0, lt=math.inf)
+    zeta: bool = option()
+    fused: bool = option()
+
+
+@dataclass
+class JobResources:
+    """What one draw's submitit job asks for (``method.job``; ``executor=local`` or ``slurm``).
+
+    Attributes:
+        timeout_min: the job's time limit in minutes.
+        gpus_per_node: GPUs per job (0: CPU jobs).
+        cpus_per_task: CPU cores per job.
+        mem_gb: memory per job (SLURM only).
+        array_parallelism: how many draws of the job array run at once (SLURM only).
+    """
+
+    timeout_min: int = option(ge=1)
+    gpus_per_node: int = option(ge=0)
+    cpus_per_task: int = option(ge=1)
+    mem_gb: int = option(ge=1)
+    array_parallelism: int = option(ge=1)
+
+
+@dataclass
+class EccoRobustnessConfig(MethodConfig):
+    """``method=ecco_robustness``: the options of the robustness study (values in its yaml).
+
+    Attributes:
+        optimizers: the optimizers compared, each one of :data:`OPTIMIZERS`, each once.
+        trials: random draws per optimizer.
+        ranges: the range variant of the draws (:data:`ecco.draws.RANGES`).
+        epochs: epochs per draw (None: ``trainer.epochs``).
+        search_seed: the seed of the draws (the run seed sets each draw's initialisation).
+        ecco: ECCO's fixed options.
+        executor: ``inline`` (the draws one after the other here), ``local`` or ``slurm`` (a submitit job each).
+        job: the resources of each draw's job.
+    """
+
+    optimizers: list[str] = option(choices=OPTIMIZERS)
+    trials: int = option(ge=1)
+    ranges: str = option(choices=RANGES)
+    epochs: int | None = option(ge=1)
+    search_seed: int = option()
+    ecco: EccoOptions = field(default_factory=EccoOptions)
+    executor: str = option(choices=EXECUTORS)
+    job: JobResources = field(default_factory=JobResources)
+
+    def check(self, cfg: DictConfig) -> None:
+        """Refuse an empty or repeated optimizer list and ECCO options that cannot go together."""
+        if not self.optimizers:
+            raise ConfigError(f"method.optimizers is empty; name at least one of {', '.join(OPTIMIZERS)}")
+        repeated = sorted({n for n in self.optimizers if self.optimizers.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"method.optimizers names {repeated[0]} twice; each optimizer once")
+        if self.ecco.dt_min > self.ecco.dt_max:
+            raise ConfigError(
+                f"method.ecco.dt_min ({self.ecco.dt_min}) must be <= method.ecco.dt_max ({self.ecco.dt_max})"
+            )
+        if self.ecco.fused and self.ecco.mode != "improved":
+            raise ConfigError(f"method.ecco.fused=true needs method.ecco.mode=improved; got {self.ecco.mode}")
+
+
+METHOD = Method(name="ecco_robustness", schema=EccoRobustnessConfig, run=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ import common.engine as engine
 import ecco.optimizer as ecco_optimizer
 import ecco.task as task
 from common.checkpoint import load_verified
-from ecco.search import OPTIMIZERS, draw, summarize
+from ecco.draws import draw, summarize
+from ecco.task import OPTIMIZERS
 from launch.run import run
 from tests.conftest import Crash, crash_on_call
 
@@ -51,7 +53,7 @@ def test_optimizer_ecco_auto_limiting_works_with_method_train(cfg_factory, monke
 
     monkeypatch.setattr(ecco_optimizer.ECCO, "__init__", spy)
     results = run(cfg_factory("optimizer=ecco", "optimizer.limit_activations=auto"))
-    assert results["train_loss"] == results["train_loss"]  # finite, not NaN
+    assert math.isfinite(results["train_loss"])
     (opt,) = built
     assert len(opt.limited_layers) == 2  # the MLP's two hidden Linear layers feed a ReLU
 
@@ -142,8 +144,6 @@ def test_robustness_draws_as_submitit_jobs_equal_the_inline_study(cfg_factory, t
     assert {k: v for k, v in again.items() if k not in drop} == {
         k: v for k, v in jobs.items() if k not in drop
     }
-    with pytest.raises(ValueError, match="method.executor must be inline, local or slurm"):
-        run(cfg_factory(*overrides, "method.executor=ray", name="bad"))
 
 
 def test_lstm_power_study_reports_the_mse_distribution(cfg_factory, tmp_path):
