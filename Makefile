@@ -37,6 +37,12 @@ test-slurm: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/engine.py
 
+# issue 14: every measured figure on one CUDA GPU in one table, at most 7 minutes (bench/gpu.py; ARGS="--out gpu.json",
+# ARGS="--smoke --device cpu" runs anywhere)
+.PHONY: bench-gpu
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu $(ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
