@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +33,9 @@ __all__ = ["MARTHE", "RTHO", "StepInfo"]
 
 log = logging.getLogger(__name__)
 
-_BETA_RULES = ("hd", "adatune")
-_MU_RULES = ("tf", "adatune")
+MODES = ("default", "paper")
+BETA_RULES = ("hd", "adatune")
+MU_RULES = ("tf", "adatune")
 
 
 @dataclass
@@ -83,22 +84,216 @@ def _put(target: list, idx: list[int], values: list) -> None:
             target[i] = v
 
 
+# Elementwise arithmetic over lists of tensors (``other``: one number for every tensor, or a sequence with one number
+# or tensor per tensor). On an accelerator the torch._foreach_* kernels do it in one launch per chunk of tensors instead
+# of one per tensor; those ops are in every torch this project supports (2.3 and later) except _foreach_clone (absent
+# from torch 2.11: issue 14), which is never used. On CPU the foreach ops run the same per-tensor kernels, so the plain
+# loop is taken there (tests set FOREACH_ON_CPU to compare both paths bitwise). A torch without an op falls back too.
+FOREACH_ON_CPU = False
+
+
+def _pairs(xs: Sequence[Tensor], other: Any) -> Iterable[tuple[Tensor, Any]]:
+    if isinstance(other, list | tuple):
+        return zip(xs, other, strict=True)
+    return ((x, other) for x in xs)
+
+
+def _foreach_op(name: str, xs: Sequence[Tensor], other: Any = None) -> Any:
+    """The ``torch._foreach_<name>`` op when it applies to ``xs`` and ``other`` here, else None."""
+    if not xs or (xs[0].device.type == "cpu" and not FOREACH_ON_CPU):
+        return None
+    if isinstance(other, list | tuple):
+        if not (all(isinstance(o, Tensor) for o in other) or all(isinstance(o, int | float) for o in other)):
+            return None
+    elif other is not None and (isinstance(other, bool) or not isinstance(other, int | float)):
+        return None
+    return getattr(torch, f"_foreach_{name}", None)
+
+
+def _elementwise(name: str, xs: Sequence[Tensor], other: Any) -> list[Tensor]:
+    op = _foreach_op(name, xs, other)
+    if op is not None:
+        return list(op(list(xs), list(other) if isinstance(other, tuple) else other))
+    return [getattr(x, name)(o) for x, o in _pairs(xs, other)]
+
+
+def _elementwise_(name: str, xs: list[Tensor], other: Any) -> list[Tensor]:
+    op = _foreach_op(f"{name}_", xs, other)
+    if op is not None:
+        op(xs, list(other) if isinstance(other, tuple) else other)
+        return xs
+    for x, o in _pairs(xs, other):
+        getattr(x, f"{name}_")(o)
+    return xs
+
+
+def _add(xs: Sequence[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise("add", xs, other)
+
+
+def _sub(xs: Sequence[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise("sub", xs, other)
+
+
+def _mul(xs: Sequence[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise("mul", xs, other)
+
+
+def _div(xs: Sequence[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise("div", xs, other)
+
+
+def _neg(xs: Sequence[Tensor]) -> list[Tensor]:
+    op = _foreach_op("neg", xs)
+    return list(op(list(xs))) if op is not None else [x.neg() for x in xs]
+
+
+def _add_(xs: list[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise_("add", xs, other)
+
+
+def _sub_(xs: list[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise_("sub", xs, other)
+
+
+def _mul_(xs: list[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise_("mul", xs, other)
+
+
+def _div_(xs: list[Tensor], other: Any) -> list[Tensor]:
+    return _elementwise_("div", xs, other)
+
+
+def _clamp(xs: Sequence[Tensor], c: float) -> list[Tensor]:
+    """Each x clipped to [−c, c] (differentiable: the training gradients of paper mode are clipped in the graph)."""
+    return [x.clamp_min(-c).clamp_max(c) for x in xs]
+
+
+def _clone(xs: Sequence[Tensor]) -> list[Tensor]:
+    return [x.clone() for x in xs]
+
+
 def _scaled(xs: list[Tensor], a: float, inplace: bool = False) -> list[Tensor]:
     """a·x for each x; a = 1 returns the inputs (x·1 is exactly x)."""
     if a == 1:
         return xs
     if inplace:
-        torch._foreach_mul_(xs, a)
-        return xs
-    return list(torch._foreach_mul(xs, a))
+        return _mul_(xs, a)
+    return _mul(xs, a)
 
 
 def _mu_affine(mu: float, zw: list[Tensor], eta: float, x: list[Tensor], b: list[Tensor]) -> list[Tensor]:
     """μ·(Z^w − η·x) + B, elementwise in that order."""
-    out = torch._foreach_sub(zw, torch._foreach_mul(x, eta))
+    out = _sub(zw, _mul(x, eta))
     out = _scaled(out, mu, inplace=True)
-    torch._foreach_add_(out, b)
-    return out
+    return _add_(out, b)
+
+
+# ---------------------------------------------------------------------- Adam's tangent, step by step (brief §1.2)
+# Each function is one term of Z_{t+1} = μ A_t Z_t + B_t through torch's Adam/AdamW step k, for a list of tensors
+# (one param group, or one block of it); the ops run in the order of the formulas, so a split or a merge of these
+# steps would not change a bit.
+
+
+@dataclass
+class _AdamTerms:
+    """What Adam's step k left behind that its Jacobian needs, per tensor: the state after the step.
+
+    Attributes:
+        bc1: 1 − β1^k.
+        bc2: 1 − β2^k.
+        m_hat: m̂ = m/(1 − β1^k).
+        sv: √v̂ = √v/√(1 − β2^k).
+        den: D = √v̂ + ε.
+    """
+
+    bc1: list[float]
+    bc2: list[float]
+    m_hat: list[Tensor]
+    sv: list[Tensor]
+    den: list[Tensor]
+
+    @classmethod
+    def of(cls, states: list[dict[str, Any]], beta1: float, beta2: float, eps: float) -> _AdamTerms:
+        """The terms from torch Adam's per-parameter ``state`` (``step``, ``exp_avg``, ``exp_avg_sq``)."""
+        ks = [float(st["step"]) for st in states]
+        bc1 = [1 - beta1**k for k in ks]
+        bc2 = [1 - beta2**k for k in ks]
+        m_hat = _div([st["exp_avg"] for st in states], bc1)
+        sv = _div_([st["exp_avg_sq"].sqrt() for st in states], [math.sqrt(b) for b in bc2])
+        return cls(bc1, bc2, m_hat, sv, _add(sv, eps))
+
+    def take(self, j: list[int]) -> _AdamTerms:
+        """The terms of tensors ``j`` (a block of the group)."""
+        return _AdamTerms(*([xs[i] for i in j] for xs in (self.bc1, self.bc2, self.m_hat, self.sv, self.den)))
+
+
+def _adam_b(terms: _AdamTerms, w: list[Tensor] | None, decoupled_wd: float) -> list[Tensor]:
+    """B^w = ∂w_{t+1}/∂η = −m̂/D, and −λw_t more for AdamW's decoupled decay w(1 − ηλ) (``w`` given then)."""
+    b_w = _div_(_neg(terms.m_hat), terms.den)
+    if decoupled_wd:
+        _sub_(b_w, _mul(w, decoupled_wd))
+    return b_w
+
+
+def _coupled_l2(
+    g: list[Tensor], h: list[Tensor], w: list[Tensor], zw: list[Tensor], wd: float
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Adam's coupled L2 (``weight_decay`` of torch Adam): g' = g + λw and h' = H'Z^w = HZ^w + λZ^w."""
+    return _add(g, _mul(w, wd)), _add(h, _mul(zw, wd))
+
+
+def _adam_az_moments(
+    zm: list[Tensor] | None,
+    zv: list[Tensor] | None,
+    g: list[Tensor],
+    h: list[Tensor],
+    beta1: float,
+    beta2: float,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """(AZ)^m = β1 Z^m + (1−β1) h and (AZ)^v = β2 Z^v + 2(1−β2) g'⊙h (``zm``/``zv`` None: Z^m/Z^v = 0).
+
+    The derivatives of m = β1 m + (1−β1) g' and v = β2 v + (1−β2) g'² along Z, with h = H'Z^w (g' is ``g``).
+    """
+    az_m = _mul(h, 1 - beta1)
+    if zm is not None:
+        az_m = _add(_mul(zm, beta1), az_m)
+    az_v = _mul_(_mul(g, 2 * (1 - beta2)), h)
+    if zv is not None:
+        _add_(az_v, _mul(zv, beta2))
+    return az_m, az_v
+
+
+def _adam_dv_term(terms: _AdamTerms, az_v: list[Tensor]) -> list[Tensor]:
+    """m̂⊙(AZ)^v / (2√v̂ (1−β2^k) D²): the derivative of m̂/D through v, since ∂D/∂v = 1/(2√v̂ (1−β2^k)).
+
+    √v̂ = 0 only where every gradient so far was 0; there the term vanishes with its tangent. pos = 1 where
+    √v̂ > 0 else 0; √v̂ + (1 − pos) is √v̂ or 1, and ·pos zeroes the term (exactly torch.where(√v̂ > 0, ·, ·) on
+    finite values, without a branch).
+    """
+    pos = [x.sign() for x in terms.sv]
+    safe_sv = _add_(_add_(_neg(pos), 1.0), terms.sv)
+    q = _mul_(_mul_(_mul_(_mul(safe_sv, 2), terms.bc2), terms.den), terms.den)
+    return _mul_(_div_(_mul(terms.m_hat, az_v), q), pos)
+
+
+def _adam_az_w(
+    zw: list[Tensor],
+    az_m: list[Tensor],
+    dv_term: list[Tensor],
+    terms: _AdamTerms,
+    eta: float,
+    decoupled_wd: float,
+) -> list[Tensor]:
+    """(AZ)^w = Z^w − η[(AZ)^m/((1−β1^k) D) − dv_term], and −ηλZ^w more for AdamW's decoupled decay.
+
+    The derivative of w ← w − η m̂/D (AdamW: w(1 − ηλ) − η m̂/D) along Z at the LR η the step used.
+    """
+    d_update = _sub_(_div(az_m, _mul(terms.den, terms.bc1)), dv_term)
+    az_w = _sub(zw, _mul(d_update, eta))
+    if decoupled_wd:
+        _sub_(az_w, _mul(zw, eta * decoupled_wd))
+    return az_w
 
 
 class MARTHE:
@@ -147,7 +342,7 @@ class MARTHE:
         mode: str = "default",
         max_lr_change: float | None = None,
     ):
-        if mode not in ("default", "paper"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'default' or 'paper', got {mode!r}")
         if max_lr_change is not None:
             if mode == "paper":
@@ -158,10 +353,10 @@ class MARTHE:
             raise ValueError(f"hyper_lr must be >= 0, got {hyper_lr}")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if beta_rule not in _BETA_RULES:
-            raise ValueError(f"beta_rule must be one of {_BETA_RULES}, got {beta_rule!r}")
-        if mu_rule not in _MU_RULES:
-            raise ValueError(f"mu_rule must be one of {_MU_RULES}, got {mu_rule!r}")
+        if beta_rule not in BETA_RULES:
+            raise ValueError(f"beta_rule must be one of {BETA_RULES}, got {beta_rule!r}")
+        if mu_rule not in MU_RULES:
+            raise ValueError(f"mu_rule must be one of {MU_RULES}, got {mu_rule!r}")
         self.optimizer = optimizer
         self.mode = mode
         self.kind = self._kind(optimizer)
@@ -267,9 +462,9 @@ class MARTHE:
             return tensors
         if self.mode == "default":
             # how many tensors had an entry beyond ±c, as a tensor: read at the step's one host sync
-            maxabs = torch._foreach_norm(tensors, math.inf)
+            maxabs = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
             self._clip_pending.append((torch.stack(maxabs) > c).sum())
-        return list(torch._foreach_clamp_max(torch._foreach_clamp_min(tensors, -c), c))
+        return _clamp(tensors, c)
 
     @property
     def _mu_tangent(self) -> float:
@@ -307,7 +502,7 @@ class MARTHE:
         )
         if paper and self.grad_clipping is not None:
             c = self.grad_clipping
-            grads = torch._foreach_clamp_max(torch._foreach_clamp_min(grads, -c), c)  # differentiable
+            grads = _clamp(grads, c)
         hvp: list[Tensor] | None = None
         if need_hvp:
             zw = [z if z is not None else torch.zeros_like(p) for z, p in zip(self.z["w"], params)]
@@ -324,17 +519,17 @@ class MARTHE:
         pre: dict[str, Any] = {"g": g, "w": None, "buf": None, "buf_existed": None}
         if any(grp["weight_decay"] for grp in self.param_groups):
             with torch.no_grad():
-                pre["w"] = torch._foreach_clone(params)
+                pre["w"] = _clone(params)
         if paper:
             bufs = [state.get(p, {}).get("momentum_buffer") for p in params]
             if any(b is not None for b in bufs):
                 known = [b for b in bufs if b is not None]
-                copies = iter(torch._foreach_clone(known))
+                copies = iter(_clone(known))
                 bufs = [None if b is None else next(copies) for b in bufs]
             pre["buf"] = bufs
         elif self.kind == "sgd":
             pre["buf_existed"] = [state.get(p, {}).get("momentum_buffer") is not None for p in params]
-        for p, gi in zip(params, torch._foreach_clone(g)):
+        for p, gi in zip(params, _clone(g)):
             p.grad = gi
         for group in self.param_groups:
             group["lr"] = eta_used
@@ -349,8 +544,8 @@ class MARTHE:
         self.t += 1
         return self._hyper_step(val_loss, pre, eta_used)
 
-    # The tangent updates below run as torch._foreach_* ops over blocks of parameters that share a param group and
-    # the same "which parts of Z are still 0" pattern (normally one block per group); each op is the same
+    # The tangent updates below run as list ops (_add, _mul, ...) over blocks of parameters that share a param group
+    # and the same "which parts of Z are still 0" pattern (normally one block per group); each op is the same
     # elementwise arithmetic, in the same order, as the per-tensor formula in the comments.
 
     # Z^w_{t+1} = μ A_t Z_t + B_t for torch SGD: g' = g + λw, buf = m·buf + (1−d)g' (buf = g' at first),
@@ -363,13 +558,13 @@ class MARTHE:
             m, d, wd, nest = group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"]
             gp = pre["g"][s:e]
             if wd:
-                gp = torch._foreach_add(gp, torch._foreach_mul(pre["w"][s:e], wd))
+                gp = _add(gp, _mul(pre["w"][s:e], wd))
             if m == 0:
                 direction = gp
             else:
                 bufs = [state[p]["momentum_buffer"] for p in group["params"]]
-                direction = torch._foreach_add(gp, torch._foreach_mul(bufs, m)) if nest else bufs
-            b_w = torch._foreach_neg(direction)
+                direction = _add(gp, _mul(bufs, m)) if nest else bufs
+            b_w = _neg(direction)
             self._b[s:e] = b_w
             if hvp is None or mu == 0:
                 self.z["w"][s:e] = b_w
@@ -387,7 +582,7 @@ class MARTHE:
                 zw = [self.z["w"][i] for i in idx]
                 h = [hvp[i] for i in idx]
                 if wd:
-                    h = torch._foreach_add(h, torch._foreach_mul(zw, wd))
+                    h = _add(h, _mul(zw, wd))
                 if m == 0:
                     _put(self.z["w"], idx, _mu_affine(mu, zw, eta, h, bw))
                     continue
@@ -396,9 +591,9 @@ class MARTHE:
                 elif zb_none:
                     az_buf = _scaled(h, 1 - d)
                 else:
-                    az_buf = torch._foreach_mul([self.z["buf"][i] for i in idx], m)
-                    torch._foreach_add_(az_buf, _scaled(h, 1 - d))
-                az_dir = torch._foreach_add(h, torch._foreach_mul(az_buf, m)) if nest else az_buf
+                    az_buf = _mul([self.z["buf"][i] for i in idx], m)
+                    _add_(az_buf, _scaled(h, 1 - d))
+                az_dir = _add(h, _mul(az_buf, m)) if nest else az_buf
                 _put(self.z["w"], idx, _mu_affine(mu, zw, eta, az_dir, bw))
                 _put(self.z["buf"], idx, _scaled(az_buf, mu))
 
@@ -406,26 +601,17 @@ class MARTHE:
     # w ← w − η m̂/D with m̂ = m/(1−β1^k), D = √(v/(1−β2^k)) + ε (AdamW: w ← w(1−ηλ) − η m̂/D). With h = H' Z^w:
     # (AZ)^m = β1 Z^m + (1−β1) h, (AZ)^v = β2 Z^v + 2(1−β2) g'⊙h,
     # (AZ)^w = Z^w − η[(AZ)^m/((1−β1^k) D) − m̂⊙(AZ)^v/(2√v̂ (1−β2^k) D²)] (− ηλ Z^w for AdamW),
-    # B^w = −m̂/D (− λ w for AdamW); the moments have no B block (brief §1.2).
+    # B^w = −m̂/D (− λ w for AdamW); the moments have no B block (brief §1.2). Each step is a function below.
     def _tangent_adam(self, pre: dict[str, Any], hvp: list[Tensor] | None, eta: float) -> None:
+        """Z^w, Z^m, Z^v ← μ A_t Z_t + B_t through the Adam/AdamW step that used the LR ``eta``."""
         mu = self._mu_tangent
         state = self.optimizer.state
         for group, s, e in self._group_slices():
             beta1, beta2 = group["betas"]
-            eps, wd = group["eps"], group["weight_decay"]
-            decoupled = self._decoupled(group)
-            sts = [state[p] for p in group["params"]]
-            ks = [float(st["step"]) for st in sts]
-            bc1 = [1 - beta1**k for k in ks]
-            bc2 = [1 - beta2**k for k in ks]
-            m_hat = torch._foreach_div([st["exp_avg"] for st in sts], bc1)
-            sv = torch._foreach_sqrt([st["exp_avg_sq"] for st in sts])
-            torch._foreach_div_(sv, [math.sqrt(b) for b in bc2])
-            den = torch._foreach_add(sv, eps)
-            b_w = torch._foreach_neg(m_hat)
-            torch._foreach_div_(b_w, den)
-            if decoupled and wd:
-                torch._foreach_sub_(b_w, torch._foreach_mul(pre["w"][s:e], wd))
+            wd = group["weight_decay"]
+            decoupled_wd = wd if self._decoupled(group) else 0.0
+            terms = _AdamTerms.of([state[p] for p in group["params"]], beta1, beta2, group["eps"])
+            b_w = _adam_b(terms, pre["w"][s:e] if decoupled_wd else None, decoupled_wd)
             self._b[s:e] = b_w
             if hvp is None or mu == 0:
                 self.z["w"][s:e] = b_w
@@ -435,7 +621,6 @@ class MARTHE:
             keys = [
                 (self.z["w"][i] is None, self.z["m"][i] is None, self.z["v"][i] is None) for i in range(s, e)
             ]
-            coupled_wd = wd if (wd and not decoupled) else 0.0
             for (zw_none, zm_none, zv_none), idx in _blocks(keys, s):
                 j = [i - s for i in idx]
                 bw = [b_w[i] for i in j]
@@ -447,41 +632,15 @@ class MARTHE:
                 zw = [self.z["w"][i] for i in idx]
                 gp = [pre["g"][i] for i in idx]
                 h = [hvp[i] for i in idx]
-                if coupled_wd:
-                    wb = [pre["w"][i] for i in idx]
-                    gp = torch._foreach_add(gp, torch._foreach_mul(wb, coupled_wd))
-                    h = torch._foreach_add(h, torch._foreach_mul(zw, coupled_wd))
-                az_m = torch._foreach_mul(h, 1 - beta1)
-                if not zm_none:
-                    az_m = torch._foreach_add(torch._foreach_mul([self.z["m"][i] for i in idx], beta1), az_m)
-                az_v = torch._foreach_mul(gp, 2 * (1 - beta2))
-                torch._foreach_mul_(az_v, h)
-                if not zv_none:
-                    torch._foreach_add_(az_v, torch._foreach_mul([self.z["v"][i] for i in idx], beta2))
-                svb, denb, mhb = [sv[i] for i in j], [den[i] for i in j], [m_hat[i] for i in j]
-                bc1b, bc2b = [bc1[i] for i in j], [bc2[i] for i in j]
-                # √v̂ = 0 only where every gradient so far was 0; there the v-term vanishes with its tangent.
-                # pos = 1 where √v̂ > 0 else 0; √v̂ + (1 − pos) is √v̂ or 1, and ·pos zeroes the term (exactly
-                # torch.where(√v̂ > 0, ·, ·) on finite values)
-                pos = torch._foreach_sign(svb)
-                safe_sv = torch._foreach_neg(pos)
-                torch._foreach_add_(safe_sv, 1.0)
-                torch._foreach_add_(safe_sv, svb)
-                q = torch._foreach_mul(safe_sv, 2)
-                torch._foreach_mul_(q, bc2b)
-                torch._foreach_mul_(q, denb)
-                torch._foreach_mul_(q, denb)
-                dv_term = torch._foreach_mul(mhb, az_v)
-                torch._foreach_div_(dv_term, q)
-                torch._foreach_mul_(dv_term, pos)
-                d_update = torch._foreach_div(az_m, torch._foreach_mul(denb, bc1b))
-                torch._foreach_sub_(d_update, dv_term)
-                az_w = torch._foreach_sub(zw, torch._foreach_mul(d_update, eta))
-                if decoupled and wd:
-                    torch._foreach_sub_(az_w, torch._foreach_mul(zw, eta * wd))
+                if wd and not decoupled_wd:
+                    gp, h = _coupled_l2(gp, h, [pre["w"][i] for i in idx], zw, wd)
+                zm = None if zm_none else [self.z["m"][i] for i in idx]
+                zv = None if zv_none else [self.z["v"][i] for i in idx]
+                az_m, az_v = _adam_az_moments(zm, zv, gp, h, beta1, beta2)
+                block = terms.take(j)
+                az_w = _adam_az_w(zw, az_m, _adam_dv_term(block, az_v), block, eta, decoupled_wd)
                 z_w = _scaled(az_w, mu, inplace=True)
-                torch._foreach_add_(z_w, bw)
-                _put(self.z["w"], idx, z_w)
+                _put(self.z["w"], idx, _add_(z_w, bw))
                 _put(self.z["m"], idx, _scaled(az_m, mu))
                 _put(self.z["v"], idx, _scaled(az_v, mu))
 
@@ -501,20 +660,20 @@ class MARTHE:
                 fresh = zw_none or first_order or hvp is None
                 if not momentum:
                     if fresh:
-                        _put(self.z["w"], idx, torch._foreach_neg(g))
+                        _put(self.z["w"], idx, _neg(g))
                     else:
                         zw, h = [self.z["w"][i] for i in idx], [hvp[i] for i in idx]
-                        z_w = torch._foreach_sub(zw, torch._foreach_mul(h, eta0))
-                        torch._foreach_mul_(z_w, mu)
-                        torch._foreach_sub_(z_w, g)
+                        z_w = _sub(zw, _mul(h, eta0))
+                        _mul_(z_w, mu)
+                        _sub_(z_w, g)
                         _put(self.z["w"], idx, z_w)
                     continue
                 if buf_none:
                     continue  # iteration 1: no momentum buffer yet, the original leaves Z at 0 (brief B11)
-                direction = torch._foreach_mul([buf_all[i] for i in idx], m)
-                torch._foreach_add_(direction, g)
+                direction = _mul([buf_all[i] for i in idx], m)
+                _add_(direction, g)
                 if fresh:
-                    _put(self.z["w"], idx, torch._foreach_neg(direction))
+                    _put(self.z["w"], idx, _neg(direction))
                     _put(self.z["buf"], idx, [torch.zeros_like(x) for x in g])
                     continue
                 zw, zb, h = (
@@ -522,12 +681,12 @@ class MARTHE:
                     [self.z["buf"][i] for i in idx],
                     [hvp[i] for i in idx],
                 )
-                z_w = torch._foreach_sub(zw, torch._foreach_mul(h, eta0))
-                torch._foreach_sub_(z_w, torch._foreach_mul(zb, eta0 * m))
-                torch._foreach_mul_(z_w, mu)
-                torch._foreach_sub_(z_w, direction)
-                z_b = torch._foreach_add(h, torch._foreach_mul(zb, m))
-                torch._foreach_mul_(z_b, mu)
+                z_w = _sub(zw, _mul(h, eta0))
+                _sub_(z_w, _mul(zb, eta0 * m))
+                _mul_(z_w, mu)
+                _sub_(z_w, direction)
+                z_b = _add(h, _mul(zb, m))
+                _mul_(z_b, mu)
                 _put(self.z["w"], idx, z_w)
                 _put(self.z["buf"], idx, z_b)
 

@@ -10,31 +10,40 @@
 
 The LR (and μ, β, the hypergradient) are logged to ``metrics.jsonl`` every ``method.log_every`` steps under
 ``adatune/*`` and written to ``lr_schedule.csv`` (and plotted in ``lr_schedule.png``) at the end.
+
+The options are typed and bounded by :class:`AdaTuneConfig` (checked before any data is loaded); :data:`METHOD`
+is the plugin that ``conf/method/adatune.yaml`` names.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig
 from torch import nn
 
 from adatune.hd import SGDHD, AdamHD
-from adatune.marthe import MARTHE
-from common.data import DataBundle
+from adatune.marthe import BETA_RULES, MARTHE, MODES, MU_RULES
+from common.config import ConfigError
+from common.data import DataBundle, Loader
 from common.data.loaders import TensorLoader, TensorSource
 from common.data.seeds import epoch_permutation
 from common.data.splits import holdout_split
 from common.engine import RunContext, Trainer, default_loss
 from common.factory import build_optimizer, make_data, make_model
+from common.io import write_text_atomic
+from common.method import Method, MethodConfig, option
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +90,25 @@ def carve_validation(data: DataBundle, fraction: float, seed: int) -> tuple[Data
     Returns:
         The bundle with the reduced training loader (``meta["tuner_val"]`` holds the kept and held-out
         indices into the original training split) and the fixed-order loader of the held-out samples.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1) (for callers without Hydra; ``method=adatune`` checks it in
+            :class:`AdaTuneConfig`).
+        ConfigError: the data set cannot be carved (not in memory), or nothing would be left to train on.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"method.val_fraction must be in (0, 1) or null, got {fraction}")
     train = data.train
     source = getattr(train, "source", None)
     if not isinstance(train, TensorLoader) or not isinstance(source, TensorSource):
-        raise ValueError(
+        raise ConfigError(
             f"method.val_fraction needs an in-memory labelled data set; dataset={data.name} is not one: "
             "set method.val_fraction=null to use its own validation split"
         )
     n = len(source)
     kept, held = holdout_split(source.y.cpu().numpy(), math.ceil(fraction * n), seed)
     if len(kept) == 0:
-        raise ValueError(f"method.val_fraction={fraction} leaves no training samples of {n}")
+        raise ConfigError(f"method.val_fraction={fraction} leaves no training samples of {n}")
     kept_t = torch.from_numpy(kept).to(source.device)
     held_t = torch.from_numpy(held).to(source.device)
     reduced = TensorLoader(
@@ -131,7 +145,7 @@ class ValidationStream:
     cycled in their fixed order.
     """
 
-    def __init__(self, loader: Any, batch_size: int, seed: int):
+    def __init__(self, loader: Loader, batch_size: int, seed: int):
         self.loader = loader
         self.seed = seed + _VAL_SEED_OFFSET
         source = getattr(loader, "source", None)
@@ -150,6 +164,10 @@ class ValidationStream:
         if self.loader.transform is not None:
             x = self.loader.transform(x, None)
         return x, y
+
+
+# every BatchNorm class of torch.nn (the lazy ones become one of these at their first forward)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _val_closure(
@@ -173,9 +191,7 @@ def _val_closure(
             # train mode without tracking: F.batch_norm gets no running buffers, so it normalises with the
             # batch statistics and updates nothing (num_batches_tracked included)
             bns = [
-                mod
-                for mod in model.modules()
-                if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats
+                mod for mod in model.modules() if isinstance(mod, _BATCH_NORMS) and mod.track_running_stats
             ]
             for mod in bns:
                 mod.track_running_stats = False
@@ -196,15 +212,14 @@ def _val_closure(
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """Train with HD/RTHO/MARTHE; return the final metrics and the final LR (``final_lr``)."""
     m = cfg.method
-    if m.algorithm not in ALGORITHMS:
-        raise ValueError(f"method.algorithm must be one of {ALGORITHMS}, got {m.algorithm!r}")
     data = make_data(cfg, ctx.device)
     tuner_val = data.val
-    if m.get("val_fraction") is not None:
+    if m.val_fraction is not None:
         # carved for every algorithm (hd included), so that a sweep over algorithms trains on the same samples
-        data, tuner_val = carve_validation(data, float(m.val_fraction), int(cfg.dataset.get("split_seed", 0)))
+        data, tuner_val = carve_validation(data, m.val_fraction, int(cfg.dataset.get("split_seed", 0)))
     elif data.val is None and m.algorithm != "hd":
-        raise ValueError(
+        # known only once the data set is built (its val split may be empty)
+        raise ConfigError(
             f"method.algorithm={m.algorithm} needs a validation split of the training set; dataset={cfg.dataset.name} "
             "has none (set its val_fraction/val_size > 0, or method.val_fraction)"
         )
@@ -212,8 +227,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     base = build_optimizer(cfg.optimizer, model.parameters())
     loss_fn = default_loss(data.task, cfg.trainer.label_smoothing)
     tuner: MARTHE | None = None
+    optimizer: torch.optim.Optimizer | MARTHE
     if m.algorithm == "hd":
-        optimizer: Any = hd_optimizer(base, m.hyper_lr, m.mode)
+        optimizer = hd_optimizer(base, m.hyper_lr, m.mode)
     else:
         mu = {"hd_val": 0.0, "rtho": 1.0}.get(m.algorithm, m.mu)
         tuner = MARTHE(
@@ -228,7 +244,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
             grad_clipping=m.grad_clipping,
             first_order=m.first_order,
             mode=m.mode,
-            max_lr_change=m.get("max_lr_change"),
+            max_lr_change=m.max_lr_change,
         )
         optimizer = tuner
     val_stream = (
@@ -283,10 +299,11 @@ def _write_schedule(ctx: RunContext) -> None:
         rec = json.loads(line)
         if "adatune/lr" in rec:
             rows.append([rec["step"], *(rec.get(f"adatune/{k}", "") for k in keys)])
-    with open(ctx.output_dir / "lr_schedule.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", *keys])
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["step", *keys])
+    writer.writerows(rows)
+    write_text_atomic(ctx.output_dir / "lr_schedule.csv", text.getvalue())
     _plot_schedule(ctx.output_dir / "lr_schedule.png", rows)
 
 
@@ -310,3 +327,95 @@ def _plot_schedule(path: Path, rows: list[list[Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@dataclass
+class AdaTuneConfig(MethodConfig):
+    """``method=adatune``: the options of ``conf/method/adatune.yaml`` (their values and meanings are there).
+
+    Attributes:
+        algorithm: ``hd`` (SGDHD/AdamHD, training loss), ``hd_val`` (MARTHE μ = 0), ``rtho`` (μ = 1), ``marthe``.
+        hyper_lr: β_0, the hyper learning rate.
+        mu: ``marthe``'s discount: a number in [0, 1], or ``"auto"`` for the adaptive μ (typed ``Any``: OmegaConf
+            has no unions; :meth:`check` checks it).
+        mu_init: the first μ of the adaptive rule (default mode).
+        alpha: the hyper-hyper learning rate of the β rule (0: β fixed).
+        beta_rule: ``hd`` (α·hg_t·hg_{t−1}) or ``adatune`` (α·hg·η).
+        mu_rule: ``tf`` or ``adatune``.
+        clip_lr: project η onto η ≥ 0 (default mode).
+        max_lr_change: cap of the LR step |β·hg| as a fraction of η (None: off; default mode only).
+        grad_clipping: elementwise clip of the hyper quantities (None: off; paper mode: 100).
+        first_order: drop the A_t Z_t term of the tangent.
+        mode: ``default`` (exact tangent) or ``paper`` (the original MuSGD's arithmetic).
+        val_fraction: None (the data set's own val split) or the fraction of the training split held out.
+        val_batch_size: validation batch per hypergradient (None: ``dataset.batch_size``).
+        val_bn_eval: BatchNorm in eval mode for the validation loss.
+        log_every: log the LR, μ, β and the hypergradient every this many steps.
+    """
+
+    algorithm: str = option(choices=ALGORITHMS)
+    hyper_lr: float = option(ge=0.0)
+    mu: Any = option()
+    mu_init: float = option(ge=0.0, le=1.0)
+    alpha: float = option(ge=0.0)
+    beta_rule: str = option(choices=BETA_RULES)
+    mu_rule: str = option(choices=MU_RULES)
+    clip_lr: bool = option()
+    max_lr_change: float | None = option(gt=0.0)
+    grad_clipping: float | None = option(gt=0.0)
+    first_order: bool = option()
+    mode: str = option(choices=MODES)
+    val_fraction: float | None = option(gt=0.0, lt=1.0)
+    val_batch_size: int | None = option(ge=1)
+    val_bn_eval: bool = option()
+    log_every: int = option(ge=1)
+
+    def check(self, cfg: DictConfig) -> None:
+        """``mu``, and what the tuners refuse: the optimizer each algorithm can wrap, paper mode's limits."""
+        mu = self.mu
+        is_number = isinstance(mu, int | float) and not isinstance(mu, bool)
+        if mu != "auto" and not (is_number and 0.0 <= mu <= 1.0):
+            raise ConfigError(f"method.mu must be a number in [0, 1] or auto; got {mu!r}")
+        target = str(cfg.optimizer.get("_target_", ""))
+        opt = _optimizer_class(target)
+        if self.algorithm == "hd":
+            # SGDHD wraps torch SGD; AdamHD torch Adam with coupled L2 (not AdamW's decoupled decay)
+            adam = opt is torch.optim.Adam and not cfg.optimizer.get("decoupled_weight_decay", False)
+            if not (_subclass(opt, torch.optim.SGD) or adam):
+                raise ConfigError(
+                    f"method.algorithm=hd needs an SGD or Adam optimizer (optimizer=sgd, sgd_momentum, "
+                    f"sgd_nesterov, adam); got optimizer._target_={target}"
+                )
+            return
+        if not _subclass(opt, torch.optim.SGD | torch.optim.Adam | torch.optim.AdamW):
+            raise ConfigError(
+                f"method.algorithm={self.algorithm} wraps an SGD, Adam or AdamW optimizer; "
+                f"got optimizer._target_={target}"
+            )
+        if cfg.optimizer.get("amsgrad") or cfg.optimizer.get("maximize"):
+            raise ConfigError(
+                f"method.algorithm={self.algorithm} supports neither optimizer.amsgrad nor maximize"
+            )
+        if self.mode == "paper" and not _subclass(opt, torch.optim.SGD):
+            raise ConfigError(
+                "method.mode=paper needs an SGD optimizer (the original MuAdam's tangent is wrong, brief B3); "
+                f"got optimizer._target_={target}: use method.mode=default"
+            )
+        if self.mode == "paper" and self.max_lr_change is not None:
+            raise ConfigError("method.max_lr_change needs method.mode=default (the original has no cap)")
+
+
+def _optimizer_class(target: str) -> Any:
+    """The object ``optimizer._target_`` names, or None when it cannot be imported (build_optimizer says why)."""
+    try:
+        return get_object(target)
+    except Exception:  # noqa: BLE001 - any failure to import means "not an optimizer MARTHE/HD can wrap"
+        return None
+
+
+def _subclass(obj: Any, cls: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, cls)
+
+
+# every network: each one of conf/network ran MARTHE's double backward on CPU (lstm on household_power)
+METHOD = Method(name="adatune", schema=AdaTuneConfig, run=run)

@@ -4,8 +4,8 @@
 
 Speed: median wall time of one training step (same model, batch, weights, 1 thread) for SGD-momentum,
 SGDHD and MARTHE (μ = 0.9; its HVP is a double backward through the create_graph gradient, its tangent update
-torch._foreach ops, plus one validation forward/backward), on the digits MLP (64-32-10), a 512-512 MLP and CIFAR
-ResNet-18 (batch 32, 3x32x32).
+public per-tensor ops, plus one validation forward/backward), on the digits MLP (64-32-10), a 512-512 MLP and
+CIFAR ResNet-18 (batch 32, 3x32x32).
 Accuracy: digits MLP, SGD-momentum 0.9, from lr0 ∈ {0.001, 0.01, 0.1}: MARTHE, RTHO, HD (training loss), and the
 step, exponential and cosine-with-restarts schedules; final test accuracy and the LR at a few epochs.
 Accuracy, CIFAR-shaped (``accuracy_cifar``): the same comparison with a small CNN (conv 3-8, conv 8-8 stride 2,

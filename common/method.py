@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,21 @@ def _checked_fields(obj: Any, prefix: str) -> None:
             _checked_fields(value, f"{prefix}.{f.name}")
 
 
+def _strict_bools(schema: type, values: Any, prefix: str) -> None:
+    """OmegaConf turns any int into a bool (``2`` -> True); a bool option must be given as true or false."""
+    if not isinstance(values, dict):
+        return
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name not in values:
+            continue
+        raw, hint = values[f.name], hints.get(f.name)
+        if hint is bool and not (isinstance(raw, bool) or str(raw).lower() in ("true", "false")):
+            raise ConfigError(f"{prefix}.{f.name} must be true or false; got {raw!r}")
+        if dataclasses.is_dataclass(hint):
+            _strict_bools(hint, raw, f"{prefix}.{f.name}")  # type: ignore[arg-type]
+
+
 def configure_method(cfg: DictConfig) -> Method:
     """Find ``cfg.method``'s plugin, check ``cfg.method`` against its schema, return the plugin.
 
@@ -200,6 +216,7 @@ def configure_method(cfg: DictConfig) -> Method:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
         raise ConfigError(f"method.{key}: {_one_line(exc)} (method={method.name})") from None
+    _strict_bools(method.schema, values, "method")
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"method.{missing[0]} has no value (method={method.name}); set it in the yaml")

@@ -337,3 +337,53 @@ def test_rtho_is_mu_one_and_validation():
     with pytest.raises(ValueError, match="amsgrad"):
         MARTHE(torch.optim.Adam(model.parameters(), amsgrad=True))
     assert math.isfinite(MARTHE(torch.optim.SGD(model.parameters(), lr=0.1)).eta)
+
+
+@pytest.mark.parametrize(
+    "make_opt,kw",
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2, foreach=False), {}),
+        (
+            lambda p: torch.optim.SGD(
+                p, lr=0.1, momentum=0.8, nesterov=True, weight_decay=1e-2, foreach=False
+            ),
+            dict(grad_clipping=1e-3),
+        ),
+        (
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, foreach=False),
+            dict(mode="paper", grad_clipping=0.05),
+        ),
+        (lambda p: torch.optim.Adam(p, lr=0.02, eps=1e-3, weight_decay=1e-2, foreach=False), {}),
+        (
+            lambda p: torch.optim.AdamW(p, lr=0.02, eps=1e-3, weight_decay=1e-1, foreach=False),
+            dict(mu="auto"),
+        ),
+    ],
+    ids=["sgdm_wd", "nesterov_wd_clip", "paper_sgdm_clip", "adam_l2", "adamw_auto"],
+)
+def test_steps_without_torch_private_foreach_ops(monkeypatch, make_opt, kw):
+    # torch releases differ in their torch._foreach_* ops (torch 2.11 has no _foreach_clone: issue 14). MARTHE takes
+    # them where they exist (on an accelerator; forced here on CPU) and plain per-tensor ops otherwise: same numbers
+    import adatune.marthe as marthe_module
+
+    monkeypatch.setattr(marthe_module, "FOREACH_ON_CPU", True)
+    train, val = _data(n_batches=4)
+    kw = {"hyper_lr": 1e-3, "mu": 0.9, "alpha": 1e-3, **kw}
+
+    def steps():
+        model = _model()
+        tuner = MARTHE(make_opt(model.parameters()), **kw)
+        infos = [
+            tuner.step(loss_fn(model(x), y), lambda t=t: _val_loss(model, val, t))
+            for t, (x, y) in enumerate(train)
+        ]
+        return model, infos
+
+    model, infos = steps()
+    monkeypatch.delattr(torch, "_foreach_clone", raising=False)
+    for name in [n for n in dir(torch) if n.startswith("_foreach_")]:
+        monkeypatch.delattr(torch, name)
+    assert not hasattr(torch, "_foreach_clone") and not hasattr(torch, "_foreach_mul")
+    model2, infos2 = steps()
+    assert infos2 == infos and any(i.hypergradient != 0.0 for i in infos)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))

@@ -35,6 +35,7 @@ class FlatConfig(MethodConfig):
     kind: str = option(choices=("x", "y"))
     names: list[str] = option(choices=("a", "b"))
     cap: int | None = option(ge=0, le=5)
+    flag: bool = option(default=False)
 
     def check(self, cfg):
         if self.kind == "y" and self.cap is None:
@@ -69,6 +70,7 @@ def test_valid_options_are_typed_and_replace_cfg_method():
         ({"typo": 1}, "method.typo: Key 'typo' not in 'FlatConfig' (method=toy)"),
         ({"kind": "y"}, "method.kind=y needs method.cap"),
         ({"rate": "???"}, "method.rate has no value (method=toy); set it in the yaml"),
+        ({"flag": 2}, "method.flag must be true or false; got 2"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(override, message):
