@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.checkpoint import CheckpointManager  # noqa: E402
 from common.data import build_data  # noqa: E402
-from common.engine import RunContext, Trainer, evaluate  # noqa: E402
+from common.engine import RunContext, Trainer, TrainerOptions, evaluate  # noqa: E402
 from common.logging import RunLogger, format_table  # noqa: E402
 from common.models import build_model, network_info  # noqa: E402
 from common.seeding import seed_everything  # noqa: E402
@@ -82,16 +82,10 @@ def our_loop(model, data, epochs: int, lr: float) -> float:
             checkpoints=CheckpointManager(tmp), progress=False,
         )  # fmt: skip
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        trainer = Trainer(
-            model,
-            opt,
-            data,
-            ctx,
-            epochs=epochs,
-            checkpoint_every_min=10.0,
-            checkpoint_min_interval_s=2.0,
-            resume=False,
+        options = TrainerOptions(
+            epochs=epochs, checkpoint_every_min=10.0, checkpoint_min_interval_s=2.0, resume=False
         )
+        trainer = Trainer(model, opt, data, ctx, options)
         start = time.perf_counter()
         trainer._try_resume()
         trainer.model.train()

@@ -13,10 +13,10 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from common.checkpoint import CheckpointManager
+from common.config import TrainerOptions
+from common.data import DataBundle, Loader
 from common.distributed import DistContext
 from common.logging import RunLogger, progress
 from common.metrics import topk_correct
@@ -84,6 +86,36 @@ class RunContext:
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
+# (loss, output or None, targets) of one completed batch of a pipeline
+StepResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+
+
+@runtime_checkable
+class StepPipeline(Protocol):
+    """An asynchronous training step: batches go in, their results come out later, in submission order.
+
+    The :class:`Trainer` uses one in place of its synchronous step (``step_fn``), e.g.
+    ``sedona.pipeline.BlockPipeline``, whose blocks train on other devices or threads while the next batch
+    is submitted. The Trainer takes each epoch's sums from the results, and drains the pipeline before every
+    checkpoint and at every epoch end, so ``batch``/``global_step`` count completed steps there and a resumed
+    run is exact.
+    """
+
+    def submit(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Start the training step of the batch ``(x, y)`` (may block while the pipeline is full)."""
+        ...
+
+    def poll(self) -> Iterable[StepResult]:
+        """The ``(loss, output, y)`` of the batches completed since the last call, without waiting.
+
+        ``loss`` and ``output`` are detached; ``output`` may be None (no accuracy is counted then).
+        """
+        ...
+
+    def drain(self) -> Iterable[StepResult]:
+        """Wait until every submitted batch is completed; return the results not returned yet."""
+        ...
+
 
 def autocast(
     device: torch.device, enabled: bool, dtype: str = "float16"
@@ -109,7 +141,7 @@ def default_loss(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Any,
+    loader: Loader,
     *,
     task: str = "classification",
     prefix: str = "test",
@@ -160,59 +192,44 @@ def evaluate(
 
 
 class Trainer:
-    """Trains ``model`` for ``epochs`` epochs, checkpointing and resuming automatically.
+    """Trains ``model`` for ``options.epochs`` epochs, checkpointing and resuming automatically.
 
     Args:
         model: the network, already on ``ctx.device``.
         optimizer: any ``torch.optim.Optimizer`` (or an object with ``step``/``zero_grad``/``state_dict``).
-        data: a :class:`common.data.DataBundle`.
+        data: the data set's loaders.
         ctx: the run context (output folder, logger, checkpoints, device).
-        epochs: number of epochs of this phase.
+        options: the phase's settings (epochs, AMP, checkpointing, limits, ``select``, ...): see
+            :class:`~common.config.TrainerOptions`; :meth:`from_config` takes them from ``cfg.trainer``.
         scheduler: an epoch-level LR scheduler (stepped after each epoch) or None.
-        loss_fn: ``loss_fn(output, target)``; defaults to cross-entropy / MSE by ``data.task``.
+        loss_fn: ``loss_fn(output, target)``; defaults to cross-entropy (with ``options.label_smoothing``)
+            or MSE by ``data.task``.
         step_fn: replaces the default optimisation step: ``step_fn(x, y) -> (loss, output)``, both detached;
             methods with their own update (hypergradient tuners, local losses) pass one.
+        pipeline: an asynchronous replacement of ``step_fn`` (see :class:`StepPipeline`), or None.
         extra_state: more objects with ``state_dict``/``load_state_dict`` to checkpoint (e.g. an LR tuner).
-        pipeline: an asynchronous replacement of ``step_fn`` (e.g. ``sedona.pipeline.BlockPipeline``), or None.
-            ``pipeline.submit(x, y)`` starts the step of a batch; ``pipeline.poll()`` returns the
-            ``(loss, output, y)`` of the batches completed since (in submission order, without waiting) and
-            ``pipeline.drain()`` those of all the batches still in flight, after waiting for them. The epoch's
-            sums are taken from these results; every checkpoint and every epoch end drains first, so
-            ``batch``/``global_step`` count completed steps there and resume is exact.
         phase: name of this phase; a checkpoint of another phase is not resumed here.
-        amp, amp_dtype, grad_clip, log_every_steps, checkpoint_every_min, checkpoint_every_steps,
-        checkpoint_min_interval_s, limit_train_batches, limit_eval_batches, eval_every_epochs, resume: as in ``conf/trainer``.
-        select: which weights are tested at the end: ``last`` (the final ones) or ``best_val`` (those of the
-            epoch with the best validation accuracy, or the lowest validation loss for regression; the best
-            state is kept in the checkpoint, so a resumed run selects among all its epochs).
+
+    With ``options.select == "best_val"`` the weights tested at the end are those of the epoch with the best
+    validation accuracy (lowest validation loss for regression); the best state is kept in the checkpoint, so
+    a resumed run selects among all its epochs. The options are also attributes (``trainer.epochs``,
+    ``trainer.limit_eval_batches``, ...).
     """
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: Any,
-        data: Any,
+        data: DataBundle,
         ctx: RunContext,
+        options: TrainerOptions,
         *,
-        epochs: int,
         scheduler: Any | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         step_fn: StepFn | None = None,
-        pipeline: Any | None = None,
+        pipeline: StepPipeline | None = None,
         extra_state: Mapping[str, Stateful] | None = None,
         phase: str = "train",
-        amp: bool = False,
-        amp_dtype: str = "float16",
-        grad_clip: float | None = None,
-        log_every_steps: int = 50,
-        checkpoint_every_min: float = 10.0,
-        checkpoint_every_steps: int | None = None,
-        checkpoint_min_interval_s: float = 0.0,
-        limit_train_batches: int | None = None,
-        limit_eval_batches: int | None = None,
-        eval_every_epochs: int = 1,
-        resume: bool = True,
-        select: str = "last",
     ):
         self.model = model
         self.dist = ctx.dist
@@ -232,37 +249,36 @@ class Trainer:
         self.data = data
         self.ctx = ctx
         self.device = ctx.device
-        self.epochs = epochs
+        self.options = options
+        self.epochs = options.epochs
         self.scheduler = scheduler
         self.task = data.task
-        self.loss_fn = loss_fn or default_loss(self.task)
+        self.loss_fn = loss_fn or default_loss(self.task, options.label_smoothing)
         self.step_fn = step_fn or self.default_step
         self.pipeline = pipeline
         self.extra_state = dict(extra_state or {})
         self.phase = phase
-        self.amp = amp and self.device.type in ("cuda", "cpu")
-        self.amp_dtype = amp_dtype
-        self.grad_clip = grad_clip
-        self.log_every_steps = log_every_steps
-        self.checkpoint_every_s = checkpoint_every_min * 60.0
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.checkpoint_min_interval_s = checkpoint_min_interval_s
-        self.limit_train_batches = limit_train_batches
-        self.limit_eval_batches = limit_eval_batches
-        self.eval_every_epochs = eval_every_epochs
-        self.resume = resume
-        if select not in ("last", "best_val"):
-            raise ValueError(f"trainer.select must be last or best_val, got {select!r}")
-        if select == "best_val" and data.val is None:
+        self.amp = options.amp and self.device.type in ("cuda", "cpu")
+        self.amp_dtype = options.amp_dtype
+        self.grad_clip = options.grad_clip
+        self.log_every_steps = options.log_every_steps
+        self.checkpoint_every_s = options.checkpoint_every_min * 60.0
+        self.checkpoint_every_steps = options.checkpoint_every_steps
+        self.checkpoint_min_interval_s = options.checkpoint_min_interval_s
+        self.limit_train_batches = options.limit_train_batches
+        self.limit_eval_batches = options.limit_eval_batches
+        self.eval_every_epochs = options.eval_every_epochs
+        self.resume = options.resume
+        if options.select == "best_val" and data.val is None:
             raise ValueError("trainer.select=best_val needs a validation split (dataset.val_size > 0)")
-        self.select = select
+        self.select = options.select
         # best_val: {"epoch", "metric", "model"} of the best validated epoch so far
         self.best: dict[str, Any] | None = None
-        use_scaler = self.amp and self.device.type == "cuda" and amp_dtype == "float16"
+        use_scaler = self.amp and self.device.type == "cuda" and self.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # NaN checks cost a host sync on CUDA: every step on CPU (free), at log points on CUDA; with several
         # processes it is a collective, so all ranks check at the same (log) steps
-        self.check_every = 1 if self.device.type == "cpu" and not self.dist.enabled else log_every_steps
+        self.check_every = 1 if self.device.type == "cpu" and not self.dist.enabled else self.log_every_steps
         # position
         self.epoch = 0
         self.batch = 0
@@ -275,31 +291,31 @@ class Trainer:
         self._last_good: str | None = None
         self._stop_signal: int | None = None
 
+    # the keyword arguments of __init__ besides the options (from_config passes them through)
+    _ARGS = ("scheduler", "loss_fn", "step_fn", "pipeline", "extra_state", "phase")
+
     @classmethod
     def from_config(
-        cls, cfg: DictConfig, model: nn.Module, optimizer: Any, data: Any, ctx: RunContext, **kw: Any
-    ):
-        """A trainer with the ``cfg.trainer`` settings; keyword arguments override them."""
-        t = cfg.trainer
-        settings = dict(
-            epochs=t.epochs,
-            amp=t.amp,
-            amp_dtype=t.amp_dtype,
-            grad_clip=t.grad_clip,
-            log_every_steps=t.log_every_steps,
-            checkpoint_every_min=t.checkpoint_every_min,
-            checkpoint_every_steps=t.checkpoint_every_steps,
-            checkpoint_min_interval_s=t.checkpoint_min_interval_s,
-            limit_train_batches=t.limit_train_batches,
-            limit_eval_batches=t.limit_eval_batches,
-            eval_every_epochs=t.eval_every_epochs,
-            resume=t.resume,
-            select=t.get("select", "last"),
-        )
-        if "loss_fn" not in kw:
-            settings["loss_fn"] = default_loss(data.task, t.label_smoothing)
-        settings.update(kw)
-        return cls(model, optimizer, data, ctx, **settings)
+        cls,
+        cfg: DictConfig,
+        model: nn.Module,
+        optimizer: Any,
+        data: DataBundle,
+        ctx: RunContext,
+        **kw: Any,
+    ) -> Trainer:
+        """A trainer with the ``cfg.trainer`` settings; keyword arguments override them.
+
+        ``kw`` holds :class:`~common.config.TrainerOptions` fields (``epochs=``, ``limit_train_batches=``,
+        ...) and the keyword arguments of ``__init__`` (``phase=``, ``step_fn=``, ``scheduler=``, ...); any
+        other name raises :class:`TypeError`.
+        """
+        unknown = [k for k in kw if k not in cls._ARGS and k not in TrainerOptions.names()]
+        if unknown:
+            raise TypeError(f"Trainer.from_config() got an unexpected keyword argument {unknown[0]!r}")
+        overrides = {k: v for k, v in kw.items() if k in TrainerOptions.names()}
+        args = {k: v for k, v in kw.items() if k in cls._ARGS}
+        return cls(model, optimizer, data, ctx, TrainerOptions.from_config(cfg.trainer, **overrides), **args)
 
     # ---------------------------------------------------------------- steps
     def default_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -586,7 +602,7 @@ class Trainer:
             model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.best = {"epoch": self.epoch + 1, "metric": score, "key": key, "model": model}
 
-    def evaluate(self, loader: Any, prefix: str) -> dict[str, float]:
+    def evaluate(self, loader: Loader, prefix: str) -> dict[str, float]:
         return evaluate(
             self.model,
             loader,

@@ -49,7 +49,8 @@ class RunLockedError(RuntimeError):
 @contextmanager
 def run_lock(output_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<output_dir>/.lock`` (released by the OS even on SIGKILL)."""
-    fh = open(output_dir / ".lock", "w")  # noqa: SIM115 - closed below
+    # "a", not "w": a refused second process must not empty the holder's pid before trying the lock
+    fh = open(output_dir / ".lock", "a")  # noqa: SIM115 - closed below
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,6 +58,8 @@ def run_lock(output_dir: Path) -> Iterator[None]:
             raise RunLockedError(
                 f"another process is running in {output_dir}; wait for it or choose another hydra.run.dir"
             ) from None
+        fh.seek(0)
+        fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
         yield
@@ -243,6 +246,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
                     print(results_table(results, cfg, output_dir), flush=True)
                 return results
             with run_log(output_dir) if main else nullcontext():
+                if dist_ctx.enabled:  # said before the log file was open: say it again into run.log
+                    log.info(
+                        "distributed: rank %d of %d on %s (%s)",
+                        dist_ctx.rank,
+                        dist_ctx.world_size,
+                        dist_device,
+                        torch.distributed.get_backend(),
+                    )
                 if main:
                     write_hydra_record(output_dir)
                     (output_dir / FAILED_FILE).unlink(missing_ok=True)

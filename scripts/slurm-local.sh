@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node SLURM cluster on localhost, for the `slurm` tests and for trying launcher=slurm.
 #
-#   scripts/slurm-local.sh start          # install (Debian packages) if missing, configure, start; idempotent
+#   scripts/slurm-local.sh start          # install (Debian packages) if missing, configure, start; idempotent;
+#                                         # prints the launcher=slurm overrides that fit the node
 #   scripts/slurm-local.sh stop [--purge] # stop every daemon by PID file; --purge also drops the job state
 #                                         # (the next start, a cold one, then also drops the accounting database)
 #   scripts/slurm-local.sh status         # the daemons and `sinfo`
@@ -157,6 +158,12 @@ start_slurm() {
     wait_for 30 "node localhost to be idle" sh -c 'sinfo -h -n localhost -o %t | grep -Eq "^(idle|mix|alloc)"'
 }
 
+fit_overrides() {  # the launcher=slurm overrides a job needs to fit the node (no GPU: no GRES is configured)
+    local cpus mem
+    read -r cpus mem < <(sinfo -h -N -n localhost -o '%c %m' | head -n 1)
+    echo "hydra.launcher.gpus_per_node=0 hydra.launcher.cpus_per_task=$cpus hydra.launcher.mem_gb=$((mem / 1024))"
+}
+
 cmd_start() {
     install_packages
     local cold=1
@@ -168,6 +175,8 @@ cmd_start() {
     if [ $cold = 1 ]; then start_mariadb fresh; else start_mariadb; fi
     start_slurm
     log "running: $(sinfo -h -o '%P %D %t %c CPUs %m MB')"
+    # launcher=slurm asks for 1 GPU, 8 CPUs and 32 GB by default: more than this node has
+    log "jobs fit this node with: python -m launch launcher=slurm $(fit_overrides)"
 }
 
 stop_pid() {  # stop_pid NAME PIDFILE
@@ -200,6 +209,7 @@ cmd_status() {
         if alive "$f"; then echo "$(basename "$f" .pid): running ($(cat "$f"))"; else echo "$(basename "$f" .pid): stopped"; fi
     done
     command -v sinfo >/dev/null && sinfo 2>/dev/null || true
+    if alive "$BASE/run/slurmctld.pid"; then echo "jobs fit the node with: $(fit_overrides 2>/dev/null)"; fi
 }
 
 case "${1:-}" in

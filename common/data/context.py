@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.data.loaders import BatchTransform, TensorLoader
+from common.data.loaders import BatchTransform, TensorLoader, TensorSource, WindowSource
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class BuildContext:
         return int(self.get("split_seed", 0))
 
     def tensor_loader(
-        self, source: Any, train: bool, transform: BatchTransform | None = None
+        self, source: TensorSource | WindowSource, train: bool, transform: BatchTransform | None = None
     ) -> TensorLoader:
         """The loader of one in-memory split: shuffled, augmented and ``drop_last`` only for the train split."""
         return TensorLoader(
@@ -74,7 +75,7 @@ class BuildContext:
         )
 
     def tensor_loaders(
-        self, sources: dict[str, Any], transform: BatchTransform | None = None
+        self, sources: Mapping[str, TensorSource | WindowSource], transform: BatchTransform | None = None
     ) -> tuple[TensorLoader, TensorLoader | None, TensorLoader]:
         """(train, val or None, test) loaders of the in-memory splits in ``sources``."""
         return (

@@ -47,7 +47,7 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def build_data(
-    cfg_dataset: Any,
+    cfg_dataset: Mapping[str, Any],
     *,
     data_dir: str | Path,
     seed: int,

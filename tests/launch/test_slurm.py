@@ -1,4 +1,5 @@
-"""Against a real one-node SLURM (scripts/slurm-local.sh start): a 2-job sweep, and a requeued job that resumes.
+"""Against a real one-node SLURM (scripts/slurm-local.sh start): a 2-job sweep, a requeued job that resumes, and
+requests the node can never hold ending the sweep in one line (launch/slurm.py).
 
 Marked ``slurm``: run with ``make test-slurm`` (CI runs them when it can start the cluster).
 """
@@ -34,6 +35,20 @@ def cluster():
         pytest.skip("no SLURM here: scripts/slurm-local.sh start")
     if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
         pytest.skip("slurmctld does not answer: scripts/slurm-local.sh start")
+
+
+def _node() -> tuple[int, int]:
+    """CPUs and memory (MB) of the cluster's node."""
+    out = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%c %m"], capture_output=True, text=True, check=True
+    ).stdout
+    cpus, mem = out.split()[:2]
+    return int(cpus), int(mem)
+
+
+def _fit_overrides() -> str:
+    cpus, mem = _node()
+    return f"hydra.launcher.gpus_per_node=0 hydra.launcher.cpus_per_task={cpus} hydra.launcher.mem_gb={mem // 1024}"
 
 
 def _queue() -> list[str]:
@@ -103,7 +118,10 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     assert proc.returncode == 0, err[-3000:]
 
     meta = json.loads((sweep / "0" / "meta.json").read_text())
-    assert int(meta["slurm"].get("SLURM_RESTART_COUNT", "0")) >= 1, "the job was not requeued"
+    # meta.json keeps the first start's provenance and lists each resume's under "resumes"
+    starts = [meta, *meta.get("resumes", [])]
+    restarts = max(int(m["slurm"].get("SLURM_RESTART_COUNT", "0")) for m in starts)
+    assert restarts >= 1, "the job was not requeued"
     assert "Resumed train" in (sweep / "0" / "run.log").read_text()
     drop = ("time_s", "train_time_s")
     got = {k: v for k, v in json.loads((sweep / "0" / "results.json").read_text()).items() if k not in drop}
@@ -131,3 +149,51 @@ def test_ecco_robustness_draws_as_slurm_jobs(tmp_path):
     assert len(logs) == 2 and all("_" in n for n in logs)
     assert (out / "robustness.png").exists()
     assert _wait_until_queue_empty() == []
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_default_request_exits_non_zero_in_one_line_within_two_minutes(tmp_path):
+    # 1 GPU, 8 CPUs, 32 GB on a node without GPU: sbatch refuses the gres
+    start = time.monotonic()
+    proc = run_cli(
+        "launcher=slurm", "debug=fast", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, timeout=120
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    line = _one_line(proc)
+    print(f"{elapsed:.1f} s: {line}")
+    assert "Asked gpus_per_node=1 cpus_per_task=8 mem_gb=32 timeout_min=240" in line
+    assert line.endswith(_fit_overrides())
+    assert elapsed < 120 and _wait_until_queue_empty() == []
+
+
+def test_request_the_node_can_never_hold_is_cancelled_in_one_line_within_two_minutes(tmp_path):
+    # accepted by sbatch, then pending with Reason=PartitionConfig: more CPUs than the node has
+    cpus, _ = _node()
+    start = time.monotonic()
+    proc = run_cli(
+        "launcher=slurm", "debug=fast", "seed=0,1", "hydra.launcher.gpus_per_node=0",
+        f"hydra.launcher.cpus_per_task={4 * cpus}", "hydra.launcher.mem_gb=1", f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    line = _one_line(proc)
+    print(f"{elapsed:.1f} s: {line}")
+    assert "(PartitionConfig" in line and "cancelled the sweep's jobs" in line
+    assert line.endswith(f"rerun with hydra.launcher.cpus_per_task={cpus}")
+    assert elapsed < 120 and _wait_until_queue_empty() == []
+
+
+def test_slurm_local_start_prints_the_overrides_that_fit_its_node():
+    proc = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "slurm-local.sh"), "start"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"launcher=slurm {_fit_overrides()}" in proc.stderr
