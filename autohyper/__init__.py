@@ -1,11 +1,13 @@
 """autoHyper: the initial learning rate found by response modelling (Tuli et al., ICLR 2021 submission).
 
 Each search trial trains a network for a few epochs at one LR; the EVBMF low-rank metrics of its conv weights
-(:mod:`autohyper.metrics`) give the response Z (the fraction of layers that learned nothing beyond noise); the
-search (:mod:`autohyper.search`) walks and refines a geometric LR grid on Z. ``method=autohyper``
+(of its Linear weights for an MLP; :mod:`autohyper.metrics`) give the response Z (the fraction of layers that
+learned nothing beyond noise); the search (:mod:`autohyper.lr_search`) walks and refines a geometric LR grid on
+Z. ``method=autohyper``
 (:mod:`autohyper.task`) runs the search, then trains at the LR found.
 """
 
+from autohyper.lr_search import SearchResult, Step, search_lr
 from autohyper.metrics import (
     ConvMetrics,
     EVBMFResult,
@@ -13,10 +15,10 @@ from autohyper.metrics import (
     conv_metrics,
     evb_shrinkage,
     evbmf,
+    metric_weights,
     network_metrics,
     response_value,
 )
-from autohyper.search import SearchResult, Step, search_lr
 
 __all__ = [
     "ConvMetrics",
@@ -27,6 +29,7 @@ __all__ = [
     "conv_metrics",
     "evb_shrinkage",
     "evbmf",
+    "metric_weights",
     "network_metrics",
     "response_value",
     "search_lr",

@@ -1,8 +1,8 @@
-"""Low-rank metrics of conv weights: EVBMF, knowledge gain, rank fraction, mapping condition, and the response Z.
+"""Low-rank metrics of conv (and Linear) weights: EVBMF, knowledge gain, rank fraction, mapping condition, Z.
 
 EVBMF is the analytic empirical variational Bayes matrix factorisation of Nakajima, Sugiyama, Babacan and
 Tomioka (JMLR 2013, "Global analytic solution of fully-observed variational Bayesian matrix factorization"),
-with the constants, bounds and bounded scalar search of the autoHyper/AdaS code (see the brief, §1.1).
+with the constants, bounds and bounded scalar search of the autoHyper/AdaS code (``VBMF.EVBMF``).
 
 The metrics of a conv weight ``W`` (``C_out x C_in x k_h x k_w``) are taken on two unfoldings:
 mode-3 ("in", ``C_in x C_out k_h k_w``) and mode-4 ("out", ``C_out x C_in k_h k_w``). With ``N`` the number of
@@ -11,6 +11,13 @@ rows of the unfolding, ``r`` the EVBMF rank and ``d_1 >= ... >= d_r`` the shrunk
 * knowledge gain ``S = (1/N) sum_{i<=r} (d_i/d_1)^p`` (0 when ``r = 0``),
 * rank fraction ``r/N``,
 * mapping condition ``kappa = (d_1/d_r)^p`` (0 when ``r = 0``).
+
+Which weights (:func:`metric_weights`): the conv weights (every 4-D parameter, the original's definition), or,
+for a network without any (an MLP), the weights of its ``nn.Linear`` layers. The original counts only convs;
+a Linear weight ``W`` (``C_out x C_in``) is read as the 1x1 conv it equals, so its mode-3 unfolding is ``W^T``
+(``N = C_in``) and its mode-4 unfolding ``W`` (``N = C_out``). Both have the same singular values, hence the
+same EVBMF rank and shrunk values; only ``N`` differs. A conv network's Z is unchanged (its Linear classifier
+stays out, as in the original).
 
 Departure from the original: Nakajima's solution is stated for ``L <= M``; the original never checks and hits
 scipy's "lower bound exceeds the upper bound" on tall unfoldings (e.g. mode-4 of a 1x1 conv expanding 32->128),
@@ -53,7 +60,7 @@ class EVBMFResult(NamedTuple):
 
 
 class ConvMetrics(NamedTuple):
-    """The six per-layer values of one conv weight (mode-3 = ``in``, mode-4 = ``out``)."""
+    """The six per-layer values of one conv (or Linear) weight (mode-3 = ``in``, mode-4 = ``out``)."""
 
     in_S: float
     in_rank: float
@@ -65,7 +72,7 @@ class ConvMetrics(NamedTuple):
 
 @dataclass
 class NetworkMetrics:
-    """Per-layer metrics of every conv weight of a network at one epoch (arrays of length ``L``)."""
+    """Per-layer metrics of every metric weight of a network at one epoch (arrays of length ``L``)."""
 
     in_S: np.ndarray
     in_rank: np.ndarray
@@ -186,9 +193,12 @@ def evbmf(Y: torch.Tensor | np.ndarray) -> EVBMFResult:
 
 
 def unfoldings(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mode-3 (``C_in x C_out k_h k_w``) and mode-4 (``C_out x C_in k_h k_w``) unfoldings of a conv weight."""
-    if weight.ndim != 4:
-        raise ValueError(f"a conv weight has 4 dims, got shape {tuple(weight.shape)}")
+    """The mode-3 (``C_in x C_out k_h k_w``) and mode-4 (``C_out x C_in k_h k_w``) unfoldings of a conv weight.
+
+    A Linear weight (``C_out x C_in``) is the 1x1 conv it equals: its unfoldings are ``W^T`` and ``W``.
+    """
+    if weight.ndim not in (2, 4):
+        raise ValueError(f"a conv weight has 4 dims and a Linear weight 2, got shape {tuple(weight.shape)}")
     c_out, c_in = weight.shape[:2]
     return weight.transpose(0, 1).reshape(c_in, -1), weight.reshape(c_out, -1)
 
@@ -203,10 +213,11 @@ def _unfolding_metrics(result: EVBMFResult, N: int, p: int) -> tuple[float, floa
 
 
 def conv_metrics(weight: torch.Tensor, p: int = 1) -> ConvMetrics:
-    """Knowledge gain, rank fraction and mapping condition of both unfoldings of one conv weight.
+    """Knowledge gain, rank fraction and mapping condition of both unfoldings of one conv (or Linear) weight.
 
     Args:
-        weight: a ``C_out x C_in x k_h x k_w`` tensor.
+        weight: a ``C_out x C_in x k_h x k_w`` conv weight, or a ``C_out x C_in`` Linear weight (read as a 1x1
+            conv: :func:`unfoldings`).
         p: the power of the knowledge gain and mapping condition (1 or 2).
 
     Returns:
@@ -230,12 +241,26 @@ def conv_weights(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.ndim == 4]
 
 
+def linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weight of every ``nn.Linear`` layer of ``model``, in ``modules()`` order."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def metric_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights whose metrics make the response: the conv weights, or the Linear ones if there is no conv.
+
+    A conv network's Linear classifier stays out, as in the original; an MLP has only Linear layers, which
+    are 1x1 convs on a 1x1 image (see the module docstring).
+    """
+    return conv_weights(model) or linear_weights(model)
+
+
 def network_metrics(
     model_or_weights: nn.Module | Iterable[torch.Tensor],
     p: int = 1,
     previous: NetworkMetrics | None = None,
 ) -> NetworkMetrics:
-    """The metrics of every conv weight, with the SVDs batched over unfoldings of the same shape.
+    """The metrics of every weight of :func:`metric_weights`, with the SVDs batched over unfoldings of one shape.
 
     Unfoldings are transposed to ``L <= M`` and grouped by shape; each group is one batched
     ``torch.linalg.svdvals`` call on the weights' device (float32, as the original), then the scalar EVBMF
@@ -243,13 +268,15 @@ def network_metrics(
     path: the layer's values of ``previous`` (the last epoch) or zeros when there is none.
 
     Args:
-        model_or_weights: a network (its 4-D parameters are used) or the conv weights themselves.
+        model_or_weights: a network (its :func:`metric_weights` are used) or the (conv or Linear) weights.
         p: knowledge-gain power, 1 or 2.
         previous: the metrics of the previous epoch, for the exception path.
     """
     _check_p(p)
     weights = (
-        conv_weights(model_or_weights) if isinstance(model_or_weights, nn.Module) else list(model_or_weights)
+        metric_weights(model_or_weights)
+        if isinstance(model_or_weights, nn.Module)
+        else list(model_or_weights)
     )
     n = len(weights)
     out = {f: np.zeros(n) for f in ConvMetrics._fields}

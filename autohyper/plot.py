@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from autohyper.search import SearchResult
+from autohyper.lr_search import SearchResult
 
 _COLOURS = {
     "nothing": "0.2",

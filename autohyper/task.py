@@ -1,12 +1,13 @@
 """Method ``autohyper``: search the initial LR by response modelling, then train at it.
 
-Phase 1 (``search``): :func:`autohyper.search.search_lr` with a :class:`TrialAgent` as the response: each trial
-trains a network for ``method.trial_epochs`` epochs at one LR, takes the low-rank metrics of every conv weight
-after each epoch's last step (before validation, as the original) and returns Z. Every finished trial is
-appended to ``search/trials.jsonl`` and replayed on a resume (the search is a deterministic function of the Z
-sequence, so it retraces the same path without training again); a trial cut in the middle resumes from its own
-checkpoint (``search/checkpoints``, phase ``trial-<k>``). The search writes ``search/trials.csv`` (the original's
-``lrrt.csv``: ``lr, z, branch``), ``search/result.json`` and ``search/response.png`` (Z against LR, log x).
+Phase 1 (``search``): :func:`autohyper.lr_search.search_lr` with a :class:`TrialAgent` as the response: each
+trial trains a network for ``method.trial_epochs`` epochs at one LR, takes the low-rank metrics of every conv
+weight (of every Linear weight for a network without convs, an MLP) after each epoch's last step (before
+validation, as the original) and returns Z. Every finished trial is appended to ``search/trials.jsonl`` and
+replayed on a resume (the search is a deterministic function of the Z sequence, so it retraces the same path
+without training again); a trial cut in the middle resumes from its own checkpoint (``search/checkpoints``,
+phase ``trial-<k>``). The search writes ``search/trials.csv`` (the original's ``lrrt.csv``: ``lr, z, branch``),
+``search/result.json`` and ``search/response.png`` (Z against LR, log x).
 
 Phase 2 (``train``): a fresh network (seeded by ``cfg.seed``) trained with ``cfg.optimizer`` at the found LR and
 ``cfg.scheduler``; a finished search is never rerun, and this phase resumes from ``checkpoints/last.pt``.
@@ -14,28 +15,38 @@ Phase 2 (``train``): a fresh network (seeded by ``cfg.seed``) trained with ``cfg
 Trials: in ``improved`` mode every trial starts from the same initial weights (seed ``cfg.seed``); in ``paper``
 mode each trial has its own init (seed ``cfg.seed + 1 + k``), as the original's unseeded fresh network, but
 reproducible. The data order is the same in both (the loaders are a function of the run seed and epoch).
+
+The options (``conf/method/autohyper.yaml``) are typed and bounded by :class:`AutoHyperConfig`, checked by
+``launch`` before anything runs; :data:`METHOD` is the plugin (``plugin: autohyper.task:METHOD``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from autohyper.metrics import NetworkMetrics, conv_weights, network_metrics, response_value
+from autohyper.lr_search import MODES, SearchResult, Step, search_lr
+from autohyper.metrics import NetworkMetrics, network_metrics, response_value
 from autohyper.plot import plot_response
-from autohyper.search import SearchResult, Step, search_lr
-from common.checkpoint import CheckpointManager
+from common.config import ConfigError
+from common.data import DataBundle
 from common.engine import NonFiniteLossError, RunContext, Trainer
 from common.factory import build_optimizer, build_scheduler, make_data, make_model
+from common.io import write_json_atomic, write_text_atomic
+from common.logging import RunLogger
+from common.method import Method, MethodConfig, option
+from common.models import available_models, network_info
 from common.seeding import seed_everything
 from common.task import train_model
 
@@ -53,22 +64,6 @@ SEARCH_PARAMS = (
     "rel_lr_delta",
     "max_trials",
 )
-
-
-class _NullLogger:
-    """Trials log nothing into the run's ``metrics.jsonl`` (their steps restart at 0 every trial)."""
-
-    def log(self, metrics: Any, step: int) -> None:
-        pass
-
-    def truncate_after(self, step: int) -> None:
-        pass
-
-    def summary(self, metrics: Any) -> None:
-        pass
-
-    def finish(self, exit_code: int = 0) -> None:
-        pass
 
 
 class MetricsRecorder:
@@ -90,12 +85,6 @@ class MetricsRecorder:
         self.history = [NetworkMetrics.from_dict(d) for d in state["history"]]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 class TrialAgent:
     """The response ``lr -> Z`` of real trainings, with a record of finished trials for resuming.
 
@@ -105,15 +94,17 @@ class TrialAgent:
         data: the data bundle.
     """
 
-    def __init__(self, cfg: DictConfig, ctx: RunContext, data: Any):
+    def __init__(self, cfg: DictConfig, ctx: RunContext, data: DataBundle):
         self.cfg = cfg
         self.ctx = ctx
         self.data = data
-        self.mode = str(cfg.method.mode)
-        self.epochs = int(cfg.method.trial_epochs)
-        self.p = int(cfg.method.p)
-        self.dir = ctx.output_dir / "search"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mode = cfg.method.mode
+        self.epochs = cfg.method.trial_epochs
+        self.p = cfg.method.p
+        # the trials checkpoint into search/checkpoints and log nothing into the run's metrics.jsonl (their
+        # steps restart at 0 every trial)
+        self.trial_ctx = ctx.child("search", logger=RunLogger.null())
+        self.dir = self.trial_ctx.output_dir
         self.records_path = self.dir / "trials.jsonl"
         self.records: list[dict[str, Any]] = []
         if self.records_path.exists():
@@ -123,14 +114,6 @@ class TrialAgent:
                 except json.JSONDecodeError:  # a line cut by a kill: that trial is redone
                     break
         self.index = 0
-        self.trial_ctx = RunContext(
-            cfg=cfg,
-            output_dir=self.dir,
-            device=ctx.device,
-            logger=_NullLogger(),  # type: ignore[arg-type]
-            checkpoints=CheckpointManager(self.dir),
-            progress=ctx.progress,
-        )
 
     @property
     def seconds(self) -> float:
@@ -217,16 +200,15 @@ class TrialAgent:
 
 
 def _write_trials_csv(path: Path, rows: list[Step]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["lr", "z", "branch", "evaluated", "cached"])
-        for s in rows:
-            w.writerow([repr(s.lr), repr(s.z), s.branch, int(s.evaluated), int(s.cached)])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["lr", "z", "branch", "evaluated", "cached"])
+    for s in rows:
+        w.writerow([repr(s.lr), repr(s.z), s.branch, int(s.evaluated), int(s.cached)])
+    write_text_atomic(path, text.getvalue())
 
 
-def run_search(cfg: DictConfig, ctx: RunContext, data: Any) -> dict[str, Any]:
+def run_search(cfg: DictConfig, ctx: RunContext, data: DataBundle) -> dict[str, Any]:
     """Phase 1: the LR search, or its stored result when ``search/result.json`` exists."""
     result_path = ctx.output_dir / "search" / "result.json"
     if result_path.exists():
@@ -249,19 +231,13 @@ def run_search(cfg: DictConfig, ctx: RunContext, data: Any) -> dict[str, Any]:
         plot_response(result, agent.dir / "response.png")
     except Exception as exc:  # a plot must never cost a finished search
         log.warning("autoHyper: could not draw the response plot: %s", exc)
-    _write_json(result_path, summary)
+    write_json_atomic(result_path, summary, sort_keys=False)
     return summary
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """Search the initial LR (phase ``search``), then train at it (phase ``train``); return final metrics."""
     data = make_data(cfg, ctx.device)
-    probe = make_model(cfg, data)
-    if not conv_weights(probe):
-        raise ValueError(
-            f"method=autohyper needs a network with conv layers (4-D weights); {cfg.network.name} has none"
-        )
-    del probe
     search = run_search(cfg, ctx, data)
     lr = float(search["lr"])
     seed_everything(cfg.seed)
@@ -274,3 +250,62 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         autohyper_search_s=float(search["search_s"]),
     )
     return results
+
+
+@dataclass
+class AutoHyperConfig(MethodConfig):
+    """The options of ``method=autohyper`` (values in ``conf/method/autohyper.yaml``).
+
+    Attributes:
+        mode: ``improved`` (seeded trials, cache, divergence guard, relative exit) or ``paper`` (the original's
+            decisions, see :mod:`autohyper.lr_search`).
+        trial_epochs: epochs per search trial (the original: 5).
+        p: knowledge-gain power, 1 or 2 (it cannot change Z: a nonzero gain is nonzero at either power).
+        min_lr, max_lr: the first grid's ends, ``0 < min_lr < max_lr``.
+        num_split: the grid size (at least 3: a plateau narrows to two grid steps).
+        min_delta: the plateau threshold on ``(prod Z)^power``, a product of values in [0, 1].
+        lr_delta: ``paper``: the absolute window width at which the search stops (0: never by width).
+        power: the exponent of the running product.
+        exit_counter_thresh: stop after more than this many plateaus.
+        rel_lr_delta: ``improved``: the relative window width ``(hi - lo)/hi`` at which the search stops
+            (0: never by width; 1 or more would stop before the first trial).
+        max_trials: stop after this many trials.
+    """
+
+    mode: str = option(choices=MODES)
+    trial_epochs: int = option(ge=1)
+    p: int = option(choices=(1, 2))
+    min_lr: float = option(gt=0)
+    max_lr: float = option(gt=0)
+    num_split: int = option(ge=3)
+    min_delta: float = option(gt=0, le=1)
+    lr_delta: float = option(ge=0)
+    power: float = option(gt=0)
+    exit_counter_thresh: int = option(ge=0)
+    rel_lr_delta: float = option(ge=0, lt=1)
+    max_trials: int = option(ge=1)
+
+    def check(self, cfg: DictConfig) -> None:
+        """The first grid needs ``min_lr < max_lr``."""
+        if not self.min_lr < self.max_lr:
+            raise ConfigError(
+                f"method.min_lr must be below method.max_lr; got min_lr={self.min_lr}, max_lr={self.max_lr}"
+            )
+
+
+def supports(network: str) -> bool:
+    """The image networks: their conv weights (or, for an MLP, its Linear weights) give the low-rank metrics.
+
+    Not the LSTM: its recurrent weights are not layers of the paper's metrics, and its only Linear layer, the
+    regression head (``horizon x hidden``, one row by default), always has EVBMF rank 0, so Z would stay 1.
+    """
+    return network in available_models() and network_info(network).input_kind == "image"
+
+
+METHOD = Method(
+    name="autohyper",
+    schema=AutoHyperConfig,
+    run=run,
+    supports=supports,
+    supports_doc="image networks: conv layers, or an MLP's Linear layers",
+)

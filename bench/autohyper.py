@@ -5,7 +5,7 @@
 
 Part 1 times the batched metrics of a CIFAR ResNet-18 against its training steps (an epoch = 391 steps of
 batch 128, extrapolated from a few steps). Part 2 runs, on sklearn digits (8x8, fixed 1347/450 split) with a
-4-conv net (16-32-pool-64-64-GAP-FC, the brief's probe plus one conv) and Adam, batch 32, for every seed ``s``
+4-conv net (16-32-pool-64-64-GAP-FC) and Adam, batch 32, for every seed ``s``
 (the initial weights are ``torch.manual_seed(s)`` and the data order of epoch ``e`` is seeded ``1000 s + e``, the
 same for every method):
 

@@ -16,8 +16,10 @@ from autohyper.metrics import (
     evbmf,
     evbmf_from_singular_values,
     evbmf_objective,
+    metric_weights,
     network_metrics,
     response_value,
+    unfoldings,
 )
 
 
@@ -60,7 +62,7 @@ def test_noise_variance_is_the_bounded_minimiser_of_the_objective():
     Y = _planted(12, 30, [5.0, 3.0], noise=0.2, seed=3)
     s = torch.linalg.svdvals(Y).numpy().astype(np.float32)
     r = evbmf_from_singular_values(s, 12, 30)
-    # bounds as in the brief: alpha = 0.4, x_bar from tau_bar = 2.5129 sqrt(alpha); k = ceil(12/1.4) - 2 = 7
+    # bounds as the original (VBMF.EVBMF): alpha = 0.4, x_bar from tau_bar = 2.5129 sqrt(alpha); k = ceil(12/1.4) - 2 = 7
     alpha = 12 / 30
     tau_bar = 2.5129 * math.sqrt(alpha)
     x_bar = (1 + tau_bar) * (1 + alpha / tau_bar)
@@ -105,7 +107,7 @@ def test_metrics_of_a_hand_made_weight():
     assert m2.out_S == pytest.approx((1 + (d[1] / d[0]) ** 2) / 4, rel=1e-5)
     assert m1.out_condition == pytest.approx(d[0] / d[1], rel=1e-5)
     assert m2.out_condition == pytest.approx(m1.out_condition**2, rel=1e-5)
-    # a nonzero knowledge gain is at least 1/N (brief §1.1)
+    # a nonzero knowledge gain is at least 1/N (its first term is (d_1/d_1)^p / N)
     assert m1.out_S >= 1 / 4
     # mode-3 is 8 x 36 with the same two directions (rank is a property of the tensor's unfolding)
     din = evbmf(W.transpose(0, 1).reshape(8, -1)).values
@@ -177,7 +179,67 @@ def test_exception_path_zero_then_previous():
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="p must be"):
         conv_metrics(torch.zeros(2, 2, 1, 1), p=3)
-    with pytest.raises(ValueError, match="4 dims"):
-        conv_metrics(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="4 dims and a Linear weight 2"):
+        conv_metrics(torch.zeros(2, 2, 2))
     with pytest.raises(ValueError, match="non-finite"):
         evbmf(torch.full((2, 3), float("nan")))
+
+
+# --- Linear weights (an MLP): read as 1x1 convs ---
+
+
+def _rank_one_linear(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    # one strong direction (singular value 10) over noise of std 0.01 (singular values ~0.05)
+    g = torch.Generator().manual_seed(seed)
+    u, v = torch.randn(out_features, generator=g), torch.randn(in_features, generator=g)
+    return 10 * torch.outer(u / u.norm(), v / v.norm()) + 0.01 * torch.randn(
+        out_features, in_features, generator=g
+    )
+
+
+def test_linear_weight_unfoldings_are_its_transpose_and_itself():
+    W = torch.arange(6.0).reshape(2, 3)  # C_out = 2, C_in = 3
+    mode3, mode4 = unfoldings(W)
+    assert torch.equal(mode3, torch.tensor([[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]))  # C_in x C_out
+    assert torch.equal(mode4, W)
+    # the same as the 1x1 conv it equals
+    c3, c4 = unfoldings(W.reshape(2, 3, 1, 1))
+    assert torch.equal(c3, mode3) and torch.equal(c4, mode4)
+
+
+def test_metrics_of_a_rank_one_linear_weight_by_hand():
+    # rank 1 on both unfoldings (W and W^T have the same singular values): S = (d_1/d_1)^p / N = 1/N, r/N = 1/N,
+    # kappa = (d_1/d_1)^p = 1, with N = C_in = 6 for mode-3 and N = C_out = 4 for mode-4
+    W = _rank_one_linear(4, 6)
+    assert evbmf(W).rank == 1
+    for p in (1, 2):
+        m = conv_metrics(W, p=p)
+        assert m == (1 / 6, 1 / 6, 1.0, 1 / 4, 1 / 4, 1.0)
+    # pure noise: rank 0 on both sides, every value 0
+    noise = 0.01 * torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    assert conv_metrics(noise) == (0.0,) * 6
+
+
+def test_mlp_response_from_its_linear_weights():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        mlp[0].weight.copy_(_rank_one_linear(4, 6))
+        mlp[2].weight.copy_(0.01 * torch.randn(4, 4))
+        mlp[4].weight.copy_(0.01 * torch.randn(3, 4))
+    assert [tuple(w.shape) for w in metric_weights(mlp)] == [(4, 6), (4, 4), (3, 4)]
+    metrics = network_metrics(mlp)
+    assert metrics.layer(0) == (1 / 6, 1 / 6, 1.0, 1 / 4, 1 / 4, 1.0)
+    assert metrics.layer(1) == metrics.layer(2) == (0.0,) * 6
+    # in_S ++ out_S = [1/6, 0, 0, 1/4, 0, 0]: 4 zeros of 6, Z = 2/3 (float16: 0.66650390625)
+    assert response_value([metrics], float16=False) == pytest.approx(2 / 3)
+    assert response_value([metrics]) == 0.66650390625
+
+
+def test_a_conv_network_keeps_its_conv_weights_only():
+    net = _Net()
+    # the Linear classifier stays out, as in the original: Z of a conv net is unchanged
+    assert [tuple(w.shape) for w in metric_weights(net)] == [
+        tuple(c.weight.shape) for c in (net.c1, net.c2, net.c3, net.c4)
+    ]
+    assert len(network_metrics(net).in_S) == 4

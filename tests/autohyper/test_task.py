@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from autohyper import task
+from common.config import ConfigError
 from launch.run import run
+from tests.conftest import run_cli
 
 FAST = ("method=autohyper", "network=lenet5", "method.max_trials=3", "method.trial_epochs=2")
 
@@ -104,9 +106,91 @@ def test_optimizers_of_the_issue_run_search_and_training(
     assert not list(Path(cfg.paths.output_dir).rglob("*.corrupt-*"))
 
 
-def test_a_network_without_conv_layers_is_refused(cfg_factory):
-    with pytest.raises(ValueError, match="conv layers"):
-        run(cfg_factory("method=autohyper", "network=mlp"))
+def test_mlp_is_searched_on_its_linear_weights(cfg_factory):
+    """``network=mlp`` (the default network): its Linear weights give the metrics; the search and training run."""
+    cfg = cfg_factory("method=autohyper", "network=mlp", "method.max_trials=2", "method.trial_epochs=2")
+    results = run(cfg)
+    assert math.isfinite(results["test_loss"]) and results["autohyper_trials"] == 2
+    records = [
+        json.loads(x)
+        for x in (Path(cfg.paths.output_dir) / "search" / "trials.jsonl").read_text().splitlines()
+    ]
+    # Z is a fraction of 2L = 6 unfoldings (the MLP's 3 Linear layers), averaged over the 2 epochs
+    for rec in records:
+        assert len(rec["z_per_epoch"]) == 2
+        assert all(z * 6 == pytest.approx(round(z * 6), abs=1e-9) for z in rec["z_per_epoch"])
+
+
+# every option with a range or choices, refused with one line naming it: (override, key)
+BAD_OPTIONS = [
+    ("method.mode=fast", "method.mode"),
+    ("method.trial_epochs=0", "method.trial_epochs"),
+    ("method.p=3", "method.p"),
+    ("method.min_lr=0", "method.min_lr"),
+    ("method.max_lr=-0.1", "method.max_lr"),
+    ("method.num_split=2", "method.num_split"),
+    ("method.min_delta=0", "method.min_delta"),
+    ("method.min_delta=1.5", "method.min_delta"),
+    ("method.lr_delta=-0.5", "method.lr_delta"),
+    ("method.power=0", "method.power"),
+    ("method.exit_counter_thresh=-1", "method.exit_counter_thresh"),
+    ("method.rel_lr_delta=1", "method.rel_lr_delta"),
+    ("method.rel_lr_delta=-0.1", "method.rel_lr_delta"),
+    ("method.max_trials=0", "method.max_trials"),
+    ("method.trial_epochs=abc", "method.trial_epochs"),
+    ("+method.trial_epoch=3", "method.trial_epoch"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_OPTIONS, ids=[o for o, _ in BAD_OPTIONS])
+def test_bad_options_are_refused_before_anything_runs(cfg_factory, monkeypatch, override, key):
+    monkeypatch.setattr(task, "make_data", lambda *a, **k: pytest.fail("data loaded"))
+    cfg = cfg_factory("method=autohyper", "network=lenet5", override)
+    with pytest.raises(ConfigError) as info:
+        run(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{key}") and "\n" not in message
+    value = override.split("=", 1)[1]
+    assert value in message or key.endswith("trial_epoch")
+    assert not Path(cfg.paths.output_dir).exists()
+
+
+def test_min_lr_must_be_below_max_lr(cfg_factory):
+    cfg = cfg_factory("method=autohyper", "network=lenet5", "method.min_lr=0.2")
+    with pytest.raises(ConfigError) as info:
+        run(cfg)
+    assert str(info.value) == "method.min_lr must be below method.max_lr; got min_lr=0.2, max_lr=0.1"
+    assert not Path(cfg.paths.output_dir).exists()
+
+
+def test_networks_it_supports():
+    # every image network: conv weights, or (mlp) Linear weights; not the LSTM (see task.supports)
+    assert task.supports("mlp") and task.supports("lenet5") and task.supports("resnet18")
+    assert not task.supports("lstm") and not task.supports("no_such_net")
+
+
+def test_lstm_is_refused_in_one_line(cfg_factory):
+    # household_power is not on this machine: the refusal comes before any data is read
+    cfg = cfg_factory("method=autohyper", "network=lstm", "dataset=household_power")
+    with pytest.raises(ConfigError) as info:
+        run(cfg)
+    message = str(info.value)
+    assert message.startswith("method=autohyper does not work with network=lstm") and "\n" not in message
+    supported = message.split("supported: ")[1].split(", ")
+    assert "mlp" in supported and "lenet5" in supported and "lstm" not in supported
+    assert not Path(cfg.paths.output_dir).exists()
+
+
+def test_a_bad_option_exits_2_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "method=autohyper", "network=lenet5", "method.p=3", "debug=fast", f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: method.p must be one of 1, 2; got 3"], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "meta.json").exists() and not (out / "search").exists()
 
 
 @pytest.mark.slow
