@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import signal
 import threading
 import time
@@ -20,7 +21,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from common.checkpoint import CheckpointManager
@@ -44,6 +47,29 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+def resume_command() -> str | None:
+    """The command that continues the current ``python -m launch`` run from its checkpoints.
+
+    In a single run: ``python -m launch <its overrides> hydra.run.dir=<its folder>`` (the overrides Hydra
+    recorded, e.g. ``hydra.searchpath`` too, so that a timestamped folder is found again); in a sweep:
+    ``python -m launch.resweep <sweep folder>``, which reruns every unfinished job in its own folder. None when
+    the run was not started by Hydra (the Python API: call ``launch.run.run(cfg)`` again with the same config).
+    """
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        # the job folder is <sweep.dir>/<sweep.subdir>; read from the job's folder, so that a sweep.dir with
+        # ${now:...} is not evaluated again
+        depth = len(Path(str(hc.sweep.subdir)).parts)
+        return f"python -m launch.resweep {shlex.quote(str(output_dir.parents[depth - 1]))}"
+    # hydra.mode is Hydra's own; hydra.run.dir is replaced by the folder this run writes into
+    own = [o for o in hc.overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.mode="))]
+    args = [*hc.overrides.task, *own, f"hydra.run.dir={output_dir}"]
+    return " ".join(["python -m launch", *(shlex.quote(str(a)) for a in args)])
 
 
 class Stateful(Protocol):
@@ -415,7 +441,26 @@ class Trainer:
         if self.dist.is_main:
             self.ctx.checkpoints.save(state)
         self._last_save = time.monotonic()
-        self._last_good = f"epoch {self.epoch}, batch {self.batch}, step {self.global_step}"
+        self._last_good = self._position()
+
+    def _position(self) -> str:
+        """Where the phase stands, in the epoch numbers of the log (``train 2/4``, ``epoch 2/4``).
+
+        Mid-epoch it names the epoch being run (1-based) and how many epochs are complete; at an epoch end,
+        the epoch that was completed.
+        """
+        phase = "" if self.phase == "train" else f" of phase {self.phase}"
+        if self.batch == 0:
+            if self.epoch == 0:
+                return (
+                    f"the start of epoch 1/{self.epochs}{phase} (step {self.global_step}; no epoch completed)"
+                )
+            return f"epoch {self.epoch}/{self.epochs}{phase} completed (step {self.global_step})"
+        done = f"{self.epoch} of {self.epochs} epochs completed"
+        return (
+            f"epoch {self.epoch + 1}/{self.epochs}{phase}, batch {self.batch}/{self._batches_per_epoch()} "
+            f"(step {self.global_step}; {done})"
+        )
 
     def _try_resume(self) -> bool:
         if not self.resume:
@@ -425,7 +470,7 @@ class Trainer:
             return False
         self.load_state_dict(state)
         self.ctx.logger.truncate_after(self.global_step)
-        self._last_good = f"epoch {self.epoch}, batch {self.batch}, step {self.global_step}"
+        self._last_good = self._position()
         log.info("Resumed %s from %s (%s)", self.phase, self.ctx.checkpoints.dir, self._last_good)
         return True
 
@@ -490,9 +535,16 @@ class Trainer:
         if self._stop_signal is None:
             return
         self.save()
+        command = resume_command()
+        how = (
+            f"to continue, run: {command}"
+            if command is not None
+            else "to continue, run the same config again with paths.output_dir="
+            f"{OmegaConf.select(self.ctx.cfg, 'paths.output_dir', default=str(self.ctx.output_dir))}"
+        )
         raise RunInterrupted(
-            f"stopped by {signal.Signals(self._stop_signal).name} at {self._last_good}; the checkpoint is in "
-            f"{self.ctx.checkpoints.dir}: run the same command with the same output folder to continue",
+            f"stopped by {signal.Signals(self._stop_signal).name} at {self._last_good}, with a checkpoint of "
+            f"that point in {self.ctx.checkpoints.dir}; {how}",
             self._stop_signal,
         )
 

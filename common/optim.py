@@ -9,16 +9,33 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from common.config import ConfigError
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU; otherwise ``torch.device(spec)``."""
+    """``auto`` → the first CUDA device when there is one, else the CPU; otherwise ``torch.device(spec)``.
+
+    Raises:
+        ConfigError: ``spec`` is not a device name, or names a CUDA device that is not visible here.
+    """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"trainer.device={spec} but CUDA is not available here; use trainer.device=auto or cpu"
-        )
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.device={spec} but no CUDA device is visible here; use trainer.device=cpu or "
+                "trainer.device=auto"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"trainer.device={spec} but only {count} CUDA device(s) are visible here (cuda:0 to "
+                f"cuda:{count - 1}); use trainer.device=cuda or trainer.device=auto"
+            )
     return device
 
 

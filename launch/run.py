@@ -188,22 +188,22 @@ def check_folder_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | N
     return note
 
 
-def write_hydra_record(output_dir: Path) -> None:
+def write_hydra_record(output_dir: Path, cfg: DictConfig) -> None:
     """Write ``.hydra/{config,hydra,overrides}.yaml`` (Hydra's own, turned off: ``hydra.output_subdir: null``).
 
     They are written here, with the folder's lock held, so that a second process refused by the lock (or by
-    :func:`check_folder_config`) never rewrites the first one's record.
+    :func:`check_folder_config`) never rewrites the first one's record. ``config.yaml`` is the job's config as
+    composed (interpolations kept), as Hydra writes it.
     """
     if not HydraConfig.initialized():
         return
-    hydra_cfg = HydraConfig.instance().cfg
     folder = output_dir / ".hydra"
     folder.mkdir(exist_ok=True)
-    task_cfg = OmegaConf.masked_copy(hydra_cfg, [k for k in hydra_cfg if k != "hydra"])  # type: ignore[arg-type]
+    hydra_cfg = HydraConfig.instance().cfg
     for name, node in (
-        ("config.yaml", task_cfg),
-        ("hydra.yaml", OmegaConf.masked_copy(hydra_cfg, ["hydra"])),  # type: ignore[arg-type]
-        ("overrides.yaml", hydra_cfg.hydra.overrides.task),  # type: ignore[union-attr]
+        ("config.yaml", cfg),
+        ("hydra.yaml", hydra_cfg),
+        ("overrides.yaml", HydraConfig.get().overrides.task),
     ):
         write_text_atomic(folder / name, OmegaConf.to_yaml(node))
 
@@ -231,6 +231,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     validate(cfg)
     method = configure_method(cfg)  # the method's options, checked before the folder is touched
+    if not cfg.trainer.distributed:
+        resolve_device(cfg.trainer.device)  # trainer.device=cuda without CUDA: refused before the folder is touched
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dist_ctx, dist_device = init_distributed(cfg.trainer.distributed, cfg.trainer.device)
@@ -255,7 +257,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                         torch.distributed.get_backend(),
                     )
                 if main:
-                    write_hydra_record(output_dir)
+                    write_hydra_record(output_dir, cfg)
                     (output_dir / FAILED_FILE).unlink(missing_ok=True)
                     write_text_atomic(output_dir / CONFIG_RECORD, OmegaConf.to_yaml(cfg, resolve=True))
                     write_json_atomic(output_dir / "meta.json", _meta_with_history(cfg, output_dir, note))
@@ -310,7 +312,7 @@ def record_failure(cfg: DictConfig, exc: BaseException, trace: str | None = None
     try:
         with run_lock(output_dir):
             if not (output_dir / ".hydra" / "config.yaml").exists():
-                write_hydra_record(output_dir)
+                write_hydra_record(output_dir, cfg)
             record = {"error": type(exc).__name__, "message": str(exc)}
             if trace:
                 record["traceback"] = trace

@@ -6,9 +6,12 @@ which any copy but the official one fails); torchvision is used only to download
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import pickle
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +79,38 @@ def read_idx(path: str | Path) -> np.ndarray:
     )
 
 
+# seconds a download may wait on one socket operation: without a network (or behind a firewall that drops
+# packets) a download fails within this instead of hanging
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a failed download in one line (torchvision's MNIST error lists every mirror it tried)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[-1].split()) if lines else type(exc).__name__
+
+
+def _download(fetch: Callable[[], object], failed: Callable[[str], str]) -> None:
+    """Run ``fetch`` (a torchvision download); on failure raise `DatasetNotFoundError` with ``failed(reason)``."""
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            fetch()
+    # URLError, timeouts and refused connections are OSErrors; torchvision raises RuntimeError when every mirror
+    # failed or a file does not match its checksum
+    except (OSError, RuntimeError) as exc:
+        raise DatasetNotFoundError(failed(_reason(exc))) from exc
+
+
 def _mnist_file(raw_dir: Path, name: str) -> Path | None:
     for candidate in (raw_dir / name, raw_dir / f"{name}.gz"):
         if candidate.is_file():
@@ -95,7 +130,16 @@ def load_mnist(data_dir: Path, download: bool = False) -> dict[str, np.ndarray]:
         import torchvision
 
         log.info("downloading MNIST to %s", data_dir)
-        torchvision.datasets.MNIST(root=str(data_dir), train=True, download=True)
+        mirrors = torchvision.datasets.MNIST.mirrors
+        files = [name for name, _ in torchvision.datasets.MNIST.resources]
+        _download(
+            lambda: torchvision.datasets.MNIST(root=str(data_dir), train=True, download=True),
+            lambda reason: (
+                f"MNIST download failed: tried {' and '.join(m + files[0] for m in mirrors)}: {reason}. "
+                f"Without network access, download {', '.join(files)} from {mirrors[0]} by hand "
+                f"and put them in {raw_dir}"
+            ),
+        )
         missing = [name for name in MNIST_FILES.values() if _mnist_file(raw_dir, name) is None]
     if missing:
         raise DatasetNotFoundError(
@@ -133,7 +177,14 @@ def load_cifar(data_dir: Path, variant: str, download: bool = False) -> dict[str
         import torchvision
 
         log.info("downloading %s to %s", variant, data_dir)
-        getattr(torchvision.datasets, layout["torchvision"])(root=str(data_dir), train=True, download=True)
+        dataset = getattr(torchvision.datasets, layout["torchvision"])
+        _download(
+            lambda: dataset(root=str(data_dir), train=True, download=True),
+            lambda reason: (
+                f"{variant.upper()} download failed: tried {dataset.url}: {reason}. Without network access, "
+                f"download {dataset.url} by hand and unpack it in {data_dir} (it holds the folder {layout['folder']}/)"
+            ),
+        )
     if missing():
         raise DatasetNotFoundError(
             f"{variant.upper()} not found: expected {', '.join(missing())} in folder {folder} "

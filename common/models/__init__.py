@@ -1,7 +1,8 @@
 """Network definitions and the registry that builds them by name.
 
 Entry points: `build_model(name, num_classes, in_channels, image_size=..., **kwargs)` (the `_target_` of
-every `conf/network/<name>.yaml`), `available_models()`, `network_info(name)` and `count_parameters`.
+every `conf/network/<name>.yaml`), `register_model(name, builder, ...)` (adds one's own network),
+`available_models()`, `network_info(name)` and `count_parameters`.
 
 Every network exposes `blocks()`: its ordered units, whose sequential composition equals `forward` (the
 head, with any pooling/flatten, is the last unit). The networks defined here (`mlp`, `lenet5`,
@@ -19,6 +20,8 @@ from common.models.registry import (
     builder_kwargs,
     count_parameters,
     network_info,
+    register_model,
+    registered_name,
 )
 
 __all__ = [
@@ -28,4 +31,6 @@ __all__ = [
     "builder_kwargs",
     "count_parameters",
     "network_info",
+    "register_model",
+    "registered_name",
 ]

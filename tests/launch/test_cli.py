@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,12 +110,28 @@ def test_killed_or_interrupted_then_rerun_equals_uninterrupted(tmp_path, sig):
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert not (run_dir / "results.json").exists(), "the run ended before it could be killed"
+    resume = [*args, f"hydra.run.dir={run_dir}"]
     if sig == signal.SIGINT:  # a graceful stop: a checkpoint of the step where it stopped, exit 130
         assert proc.returncode == 130, stderr.decode()[-2000:]
-        assert "stopped by SIGINT" in stderr.decode()
-        assert load_verified(ckpt)["global_step"] >= 14
+        state = load_verified(ckpt)
+        assert state["global_step"] >= 14
+        # one line: where it stopped, in the log's epoch numbers, and the exact command that continues it
+        (line,) = [x for x in stderr.decode().splitlines() if x.startswith("interrupted:")]
+        hint = re.fullmatch(
+            r"interrupted: stopped by SIGINT at epoch (\d)/4, batch (\d+)/10 \(step (\d+); (\d) of 4 epochs "
+            rf"completed\), with a checkpoint of that point in {re.escape(str(run_dir / 'checkpoints'))}; "
+            r"to continue, run: (.*)",
+            line,
+        )
+        assert hint, line
+        epoch, batch, step, completed = map(int, hint.groups()[:4])
+        assert (epoch, batch, step, completed) == (
+            state["epoch"] + 1, state["batch"], state["global_step"], state["epoch"]
+        )  # fmt: skip
+        assert hint[5] == f"python -m launch {' '.join(args)} hydra.run.dir={run_dir}"
+        resume = shlex.split(hint[5])[3:]  # continue with the printed command itself
 
-    again = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    again = run_cli(*resume, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     drop = ("time_s", "train_time_s")
     r_ref = {
@@ -124,6 +142,37 @@ def test_killed_or_interrupted_then_rerun_equals_uninterrupted(tmp_path, sig):
     w_ref = load_verified(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
     w_new = load_verified(ckpt)["model"]
     assert all(torch.equal(w_ref[k], w_new[k]) for k in w_ref)
+
+
+def test_interrupted_sweep_says_to_resweep_and_resweep_finishes_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "debug=fast",
+        "trainer.epochs=4",
+        "trainer.limit_train_batches=10",
+        "trainer.checkpoint_every_steps=2",
+    ]
+    proc = _launch_background(["-m", *args, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    ckpt = sweep / "0" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if ckpt.exists() and load_verified(ckpt)["global_step"] >= 6:
+                break
+        except Exception:  # being replaced right now
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    (line,) = [x for x in stderr.decode().splitlines() if x.startswith("interrupted:")]
+    assert line.startswith("interrupted: stopped by SIGINT at epoch ")
+    assert line.endswith(f"; to continue, run: python -m launch.resweep {sweep}")
+    assert not all((sweep / job / "results.json").exists() for job in ("0", "1"))
+
+    again = run_cli(str(sweep), cwd=tmp_path, module="launch.resweep")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all((sweep / job / "results.json").exists() for job in ("0", "1"))
 
 
 def test_cli_sweep_goes_on_past_a_failed_job_and_reports_it(tmp_path):
