@@ -232,7 +232,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     method = configure_method(cfg)  # the method's options, checked before the folder is touched
     if not cfg.trainer.distributed:
-        resolve_device(cfg.trainer.device)  # trainer.device=cuda without CUDA: refused before the folder is touched
+        # trainer.device=cuda without CUDA: refused before the folder is touched
+        resolve_device(cfg.trainer.device)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dist_ctx, dist_device = init_distributed(cfg.trainer.distributed, cfg.trainer.device)
