@@ -12,9 +12,20 @@ derivative of s_{t+1} along per-step LR perturbations μ^{t−s}, which is what 
 ``mode="default"`` uses the exact Jacobian of the wrapped torch optimizer's update (momentum, dampening, Nesterov,
 coupled L2, Adam's moments and bias corrections, AdamW's decoupled decay) at the LR actually used at each step,
 keeps η, β, μ in float64, projects η onto η ≥ 0 and skips non-finite hypergradients. ``mode="paper"`` reproduces
-the original ``MuSGD`` (stale η0 in A, float32 η, ±100 gradient clipping used by the step too, first step skipped
-with momentum, weight decay/dampening/Nesterov ignored in the tangent, the adatune β and μ rules); it refuses Adam,
-whose original tangent is wrong (brief B3).
+the original ``MuSGD``, quirks included; it refuses Adam, whose original tangent is wrong (brief B3). The quirks:
+
+* η0, the construction-time LR, in A forever (B1); no η ≥ 0 projection (B2).
+* η a float32 tensor stepped by SGD(lr=β) (B8); the training steps use the user's η0 itself until the first
+  hyper-step writes the float32 η into the param groups (the first step, the first two with momentum).
+* ±100 elementwise clipping of the training gradient (which the step then uses), the HVP and the validation
+  gradient (B10); the HVP computed even at μ = 0 (B12).
+* With momentum the first step does nothing but train (B11), on the *unclipped* gradient: no tangent, and no
+  hyper-step at all, so η, β, μ and c keep their initial values through it. Running the μ rule on that step
+  (with hg = 0), as this class did before, put μ and c one update ahead of the original for the whole run:
+  0.6–0.8 % apart in the LR over 200 steps with μ = "auto" (issue 15 item 6).
+* Weight decay, dampening and Nesterov ignored in the tangent (B9).
+* The adatune β rule (α·hg·η_{t+1}) and μ rule (η_{t+1}/⟨∇E, g_t⟩, c ← c·sign(μ) + μ, μ_init leaking into c,
+  ZeroDivisionError on an exact 0 denominator; numpy's z^(1/0) = 0 or 1 and 0^(negative) = ∞) (B5, B6).
 """
 
 from __future__ import annotations
@@ -387,7 +398,9 @@ class MARTHE:
                 mu_value = mu_init
             elif mu_value > 1:
                 raise ValueError(f"mu must be in [0, 1], 'auto' or negative (adaptive), got {mu}")
-        self.eta = self._round(self.eta0)
+        # η_0 as given: the original steps a float32 copy of it, but its first training step (the first two with
+        # momentum) still uses the user's η_0 from the param groups; every later η is the float32 tensor's value
+        self.eta = float(self.eta0)
         self.beta = float(hyper_lr)
         self.mu = float(mu_value)
         self.alpha = float(alpha)
@@ -452,10 +465,6 @@ class MARTHE:
     def _decoupled(self, group: dict) -> bool:
         return bool(group.get("decoupled_weight_decay", isinstance(self.optimizer, torch.optim.AdamW)))
 
-    def _round(self, value: float) -> float:
-        # the original keeps η in a float32 tensor (brief B8); default mode keeps a float64 Python float
-        return float(torch.tensor(value, dtype=torch.float32)) if self.mode == "paper" else float(value)
-
     def _clip(self, tensors: list[Tensor]) -> list[Tensor]:
         c = self.grad_clipping
         if c is None:
@@ -502,7 +511,17 @@ class MARTHE:
         )
         if paper and self.grad_clipping is not None:
             c = self.grad_clipping
-            grads = _clamp(grads, c)
+            # the original's first call with momentum returns before it clips: that step trains on the raw
+            # gradient (a parameter of a momentum group without a momentum buffer yet)
+            state = self.optimizer.state
+            raw = [
+                momentum_paper and grp["momentum"] != 0 and state.get(p, {}).get("momentum_buffer") is None
+                for p, grp in zip(params, self._group_of)
+            ]
+            if any(raw):
+                grads = [g if r else _clamp([g], c)[0] for g, r in zip(grads, raw)]
+            else:
+                grads = _clamp(grads, c)
         hvp: list[Tensor] | None = None
         if need_hvp:
             zw = [z if z is not None else torch.zeros_like(p) for z, p in zip(self.z["w"], params)]
@@ -645,7 +664,8 @@ class MARTHE:
                 _put(self.z["v"], idx, _scaled(az_v, mu))
 
     # the original MuSGD (brief §1.2): η0 in A, weight decay/dampening/Nesterov ignored, first step skipped with
-    # momentum (the buffer does not exist yet), the HVP computed even at μ = 0
+    # momentum (the buffer does not exist yet; step() leaves its gradient unclipped and _hyper_step does nothing
+    # then), the HVP computed even at μ = 0
     def _tangent_paper(self, pre: dict[str, Any], hvp: list[Tensor] | None, momentum: bool) -> None:
         mu, eta0 = self.mu, self.eta0
         first_order = self.first_order
@@ -693,6 +713,12 @@ class MARTHE:
     # ------------------------------------------------------------------ η, β, μ (brief §1.4)
     def _hyper_step(self, val_loss: Callable[[], Tensor], pre: dict[str, Any], eta_used: float) -> StepInfo:
         params = self.params
+        if self.mode == "paper" and all(z is None for z in self.z["w"]):
+            # the original's hyper_step returns at once while it has no tangent (the first step with momentum):
+            # η, β, μ and c stay as they are; the validation loss is still evaluated, as the original computed
+            # the validation gradient before that call (a BatchNorm in train mode updates its statistics)
+            val_loss()
+            return StepInfo(eta_used, 0.0, self.mu, self.beta, self.eta)
         with torch.enable_grad():
             e = val_loss()
             gv = list(torch.autograd.grad(e, params, allow_unused=True, materialize_grads=True))
@@ -761,6 +787,8 @@ class MARTHE:
         z = min(max(q, 0.0), 1.0)
         if self.c + 1.0 == 0.0:
             self.mu = 1.0 if z == 1.0 else 0.0  # exponent 1/0 = ∞ (μ_init = −1 in the original)
+        elif z == 0.0 and self.c + 1.0 < 0.0:
+            self.mu = math.inf  # numpy's 0^(negative) (μ_init < −1 in the original), where ** raises
         else:
             self.mu = z ** (1.0 / (self.c + 1.0))
 

@@ -9,7 +9,8 @@
   sees the same batches as an uninterrupted one.
 
 The LR (and μ, β, the hypergradient) are logged to ``metrics.jsonl`` every ``method.log_every`` steps under
-``adatune/*`` and written to ``lr_schedule.csv`` (and plotted in ``lr_schedule.png``) at the end.
+``adatune/*`` and written to ``lr_schedule.csv`` at the end, and plotted against the epoch in ``lr_schedule.png``
+(:func:`lr_schedule_figure`, titled with the method, algorithm, network, data set and optimizer).
 
 The options are typed and bounded by :class:`AdaTuneConfig` (checked before any data is loaded); :data:`METHOD`
 is the plugin that ``conf/method/adatune.yaml`` names.
@@ -26,7 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import get_object
@@ -44,6 +45,9 @@ from common.engine import RunContext, Trainer, default_loss
 from common.factory import build_optimizer, make_data, make_model
 from common.io import write_text_atomic
 from common.method import Method, MethodConfig, option
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +288,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         results["final_hyper_lr"] = tuner.beta
         results["hyper_skipped"] = float(tuner.skipped)
         results["hyper_capped"] = float(tuner.capped)
-    _write_schedule(ctx)
+    limit = cfg.trainer.get("limit_train_batches")
+    steps_per_epoch = len(data.train) if limit is None else min(len(data.train), int(limit))
+    _write_schedule(ctx, steps_per_epoch, schedule_title(cfg))
     return results
 
 
-def _write_schedule(ctx: RunContext) -> None:
-    """``lr_schedule.csv`` (step, lr, mu, hyper_lr, hypergradient) from the run's ``metrics.jsonl``."""
+def _write_schedule(ctx: RunContext, steps_per_epoch: int, title: str) -> None:
+    """``lr_schedule.csv`` (step, lr, mu, hyper_lr, hypergradient) from the run's ``metrics.jsonl``, and its plot
+    ``lr_schedule.png`` (:func:`lr_schedule_figure`)."""
     path = ctx.output_dir / "metrics.jsonl"
     if not path.exists():
         return
@@ -304,29 +311,85 @@ def _write_schedule(ctx: RunContext) -> None:
     writer.writerow(["step", *keys])
     writer.writerows(rows)
     write_text_atomic(ctx.output_dir / "lr_schedule.csv", text.getvalue())
-    _plot_schedule(ctx.output_dir / "lr_schedule.png", rows)
+    if rows:
+        save_figure(lr_schedule_figure(rows, steps_per_epoch, title), ctx.output_dir / "lr_schedule.png")
 
 
-def _plot_schedule(path: Path, rows: list[list[Any]]) -> None:
-    """The learning rate (and mu, when it is tuned) against the step."""
-    import matplotlib
+_ALGORITHM_LABELS = {
+    "hd": "HD on the training loss",
+    "hd_val": "HD on the validation loss (MARTHE, μ = 0)",
+    "rtho": "RTHO (MARTHE, μ = 1)",
+}
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
 
-    steps = [r[0] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [float(r[1]) for r in rows], label="learning rate")
-    ax.set_xlabel("step")
+def _optimizer_label(opt_cfg: DictConfig) -> str:
+    """``SGD, momentum 0.9`` / ``Adam``: the class ``optimizer._target_`` names, and its momentum if any."""
+    label = str(opt_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
+    momentum = opt_cfg.get("momentum") or 0
+    if momentum:
+        label += f", {'Nesterov ' if opt_cfg.get('nesterov') else ''}momentum {momentum:g}"
+    return label
+
+
+def schedule_title(cfg: DictConfig) -> str:
+    """The title of ``lr_schedule.png``: method and algorithm, then network, data set and optimizer."""
+    m = cfg.method
+    algorithm = _ALGORITHM_LABELS.get(m.algorithm, f"{m.algorithm.upper()} (μ = {m.mu})")
+    if m.mode == "paper":
+        algorithm += ", paper mode"
+    setup = f"{cfg.network.name} on {cfg.dataset.name}, {_optimizer_label(cfg.optimizer)}"
+    return f"{m.name}: {algorithm}\n{setup}"
+
+
+def lr_schedule_figure(rows: list[list[Any]], steps_per_epoch: int, title: str) -> Figure:
+    """The learning rate against the epoch (and μ on a right axis, with a legend, when it moves: the adaptive μ).
+
+    Args:
+        rows: ``[step, lr, mu, hyper_lr, hypergradient]`` per logged step, as in ``lr_schedule.csv`` (``step``
+            counts the steps done, from 1; ``mu`` is ``""`` for HD).
+        steps_per_epoch: training steps per epoch; the x axis is ``step / steps_per_epoch``.
+        title: the figure's title (:func:`schedule_title`).
+
+    Returns:
+        The figure (not saved: :func:`save_figure`).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(r[0]) / steps_per_epoch for r in rows]
+    lrs = [float(r[1]) for r in rows]
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    lines = ax.plot(epochs, lrs, color="tab:blue", linewidth=1.4, label="learning rate")
+    if min(lrs) > 0 and max(lrs) / min(lrs) >= 20:
+        ax.set_yscale("log")
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+    ax.set_xlabel(f"epoch ({steps_per_epoch} steps each)")
     ax.set_ylabel("learning rate")
-    mus = [float(r[2]) for r in rows if r[2] != ""]
-    if len(mus) == len(rows) and len(set(mus)) > 1:
+    ax.set_xlim(0, max(epochs))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=max(epochs) >= 4))
+    ax.grid(True, alpha=0.3)
+    # μ where the rule has produced one (the original's first momentum step still shows the negative μ_init)
+    mus = [(e, float(r[2])) for e, r in zip(epochs, rows) if r[2] != "" and 0 <= float(r[2]) < math.inf]
+    if len({mu for _, mu in mus}) > 1:
         twin = ax.twinx()
-        twin.plot(steps, mus, color="tab:orange", label="mu")
-        twin.set_ylabel("mu")
-    fig.tight_layout()
+        lines += twin.plot(*zip(*mus), color="tab:orange", linewidth=1.0, alpha=0.8, label="μ (right axis)")
+        twin.set_ylabel("μ")
+        if max(mu for _, mu in mus) <= 1:
+            twin.set_ylim(-0.05, 1.05)
+        ax.set_zorder(twin.get_zorder() + 1)  # the LR drawn over μ
+        ax.patch.set_visible(False)
+        # below the axes, where it hides no line
+        fig.legend(lines, [ln.get_label() for ln in lines], loc="outside lower center", ncols=2, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (no display needed)."""
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return path
 
 
 @dataclass

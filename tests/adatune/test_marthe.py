@@ -216,8 +216,11 @@ def test_lr_never_negative_in_default_mode_but_can_be_in_paper_mode():
     assert all(i.lr >= 0 for i in infos)
     _, _, paper = _run_tuner(make_opt, 0.05, train, val, steps=20, hyper_lr=5.0, mu=0.9, mode="paper")
     assert min(i.next_lr for i in paper) < 0.0
-    # the original keeps η in float32
-    assert all(i.next_lr == float(torch.tensor(i.next_lr, dtype=torch.float32)) for i in paper)
+    # the original keeps η in float32; with momentum its first step has no hyper-step, so the first two
+    # training steps use the user's η_0 (0.05, not a float32 number) and the float32 values start after
+    assert paper[0].lr == paper[1].lr == paper[0].next_lr == 0.05
+    assert 0.05 != float(torch.tensor(0.05, dtype=torch.float32))
+    assert all(i.next_lr == float(torch.tensor(i.next_lr, dtype=torch.float32)) for i in paper[1:])
 
 
 def test_max_lr_change_caps_the_lr_step_relative_to_the_lr():
@@ -262,6 +265,33 @@ def test_adaptive_mu_rules():
         OPTIMIZERS["sgd"], 0.3, train, val, steps=1, hyper_lr=1e-3, mu=-1.0, mode="paper"
     )
     assert infos[0].mu in (0.0, 1.0) and tuner.c == -1.0
+
+
+def test_paper_mode_momentum_first_step_has_no_hyper_step():
+    """Issue 15 item 6: with momentum the original's first step touches neither η, β, μ nor c, and is not clipped.
+
+    Before the fix the μ rule ran on that step (with hg = 0), so μ and c were one update ahead of the original for
+    the whole run (0.6–0.8 % apart in the LR over 200 steps), and the step trained on the clipped gradient.
+    """
+    train, val = _data()
+    make_opt = lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)  # noqa: E731
+    kw = dict(hyper_lr=1e-2, mu=-1.0, alpha=1e-3, mode="paper")
+    model, tuner, infos = _run_tuner(make_opt, 0.1, train, val, steps=1, **kw)
+    assert (tuner.mu, tuner.c, tuner.beta, tuner.eta) == (-1.0, 0.0, 1e-2, 0.1)
+    assert (infos[0].lr, infos[0].hypergradient, infos[0].next_lr) == (0.1, 0.0, 0.1)
+    assert all(z is None for z in tuner.z["w"])
+    tuner.step(loss_fn(model(train[1][0]), train[1][1]), lambda: _val_loss(model, val, 1))
+    assert tuner.c == -1.0 and tuner.mu in (0.0, 1.0)  # the μ rule's first update, one step later
+    # the first step trains on the raw gradient (the clip is not applied before the momentum buffer exists)
+    clip = 1e-3
+    model, tuner, _ = _run_tuner(make_opt, 0.1, train, val, steps=1, grad_clipping=clip, **kw)
+    plain = _model()
+    opt = make_opt(plain.parameters(), 0.1)
+    loss_fn(plain(train[0][0]), train[0][1]).backward()
+    assert max(float(p.grad.abs().max()) for p in plain.parameters()) > clip  # the clip would have fired
+    opt.step()
+    for a, b in zip(model.parameters(), plain.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_beta_rules():

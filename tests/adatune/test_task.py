@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import adatune.marthe as marthe_mod
-from adatune.task import ValidationStream
+import adatune.task as task_mod
+from adatune.task import ValidationStream, lr_schedule_figure, save_figure, schedule_title
 from common.checkpoint import load_verified
 from launch.run import run
 from tests.conftest import Crash, crash_on_call
@@ -90,3 +91,74 @@ def test_paper_experiments_compose(cfg_factory, experiment):
     cfg = cfg_factory(f"experiment={experiment}", fast=False)
     assert cfg.method.name == "adatune" and cfg.trainer.epochs == 200
     assert "_target_" not in cfg.scheduler
+
+
+def _lines(fig):
+    return [line for ax in fig.axes for line in ax.get_lines()]
+
+
+def test_lr_schedule_figure_content(tmp_path):
+    """Issue 15 item 13: titled, x in epochs (steps / steps per epoch), the LR and the adaptive μ as two lines."""
+    spe = 10
+    rows = [[s, 0.01 * (1 + s / 30), 0.5 + 0.4 * (s % 7) / 7, 1e-3, 0.1] for s in range(1, 31)]
+    fig = lr_schedule_figure(rows, spe, "adatune: MARTHE (μ = auto)\nlenet5 on digits, SGD, momentum 0.9")
+    ax = fig.axes[0]
+    assert ax.get_title() == "adatune: MARTHE (μ = auto)\nlenet5 on digits, SGD, momentum 0.9"
+    assert ax.get_xlabel() == "epoch (10 steps each)" and ax.get_ylabel() == "learning rate"
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "μ"
+    lines = _lines(fig)
+    assert [ln.get_label() for ln in lines] == ["learning rate", "μ (right axis)"]
+    assert list(lines[0].get_xdata()) == pytest.approx([s / spe for s in range(1, 31)])
+    assert list(lines[0].get_ydata()) == [r[1] for r in rows]
+    assert ax.get_xlim() == (0.0, 3.0)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["learning rate", "μ (right axis)"]
+    # saved separately, as a PNG
+    path = save_figure(fig, tmp_path / "lr.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lr_schedule_figure_lines_per_algorithm():
+    # HD: no μ column, one line on one axis
+    hd = lr_schedule_figure([[s, 0.1 - s * 1e-3, "", "", ""] for s in range(1, 6)], 5, "t")
+    assert len(hd.axes) == 1 and len(_lines(hd)) == 1 and not hd.legends
+    # a fixed μ is in the title, not drawn
+    fixed = lr_schedule_figure([[s, 0.1, 0.99, 1e-3, 0.0] for s in range(1, 6)], 5, "t")
+    assert len(_lines(fixed)) == 1
+    # paper mode with momentum: the first step still reports the negative μ_init, which is not drawn
+    rows = [[1, 0.1, -1.0, 1e-3, 0.0]] + [[s, 0.1, 0.1 * s, 1e-3, 0.1] for s in range(2, 6)]
+    paper = lr_schedule_figure(rows, 5, "t")
+    mu_line = _lines(paper)[1]
+    assert list(mu_line.get_xdata()) == pytest.approx([0.4, 0.6, 0.8, 1.0]) and min(mu_line.get_ydata()) >= 0
+
+
+def test_schedule_title_names_method_algorithm_network_dataset(cfg_factory):
+    cfg = cfg_factory(
+        "method=adatune", "method.algorithm=marthe", "method.mu=auto", "method.mode=paper", "network=lenet5"
+    )
+    title = schedule_title(cfg)
+    assert title.splitlines() == [
+        "adatune: MARTHE (μ = auto), paper mode",
+        f"lenet5 on {cfg.dataset.name}, SGD, momentum 0.9",
+    ]
+    assert schedule_title(cfg_factory("method=adatune", "method.algorithm=hd", "optimizer=adam")).startswith(
+        "adatune: HD on the training loss\n"
+    )
+
+
+def test_run_plots_the_schedule_against_the_epoch(cfg_factory, tmp_path, monkeypatch):
+    figures = []
+
+    def spy(*args, **kwargs):
+        figures.append(lr_schedule_figure(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(task_mod, "lr_schedule_figure", spy)
+    cfg = cfg_factory("method=adatune", "method.algorithm=marthe", "trainer.epochs=2")
+    run(cfg)
+    (fig,) = figures
+    ax = fig.axes[0]
+    assert ax.get_title() == schedule_title(cfg)
+    assert ax.get_xlabel() == "epoch (3 steps each)"  # debug=fast: 3 batches per epoch
+    assert list(ax.get_lines()[0].get_xdata()) == pytest.approx([s / 3 for s in range(1, 7)])
+    assert (tmp_path / "run" / "lr_schedule.png").read_bytes()[:4] == b"\x89PNG"
