@@ -22,6 +22,7 @@ The options (``conf/method/autohyper.yaml``) are typed and bounded by :class:`Au
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from autohyper.lr_search import MODES, SearchResult, Step, search_lr
 from autohyper.metrics import NetworkMetrics, network_metrics, response_value
@@ -64,6 +65,64 @@ SEARCH_PARAMS = (
     "rel_lr_delta",
     "max_trials",
 )
+
+
+def trial_config(cfg: DictConfig, epochs: int) -> DictConfig:
+    """``cfg`` as one search trial sees it: a run of ``epochs`` epochs (``trainer.epochs = epochs``).
+
+    Every value that interpolates ``${trainer.epochs}`` follows the trial's length, above all the scheduler's
+    horizon (cosine ``T_max``, step sizes and milestones as fractions of the run), so a trial's schedule spans
+    the trial whether the final training is shorter or longer than it. A horizon written as a literal number
+    stays as written (:func:`trial_lrs` shows what a trial would train at; :meth:`AutoHyperConfig.check`
+    refuses one that would reach LR 0 inside a trial).
+    """
+    trial = copy.deepcopy(cfg)
+    with read_write(trial), open_dict(trial):
+        trial.trainer.epochs = epochs
+    return trial
+
+
+class _StandInOptimizer(torch.optim.Optimizer):
+    """An optimizer that updates nothing: a scheduler driven on it shows the LRs it would set."""
+
+    def __init__(self, lr: float):
+        # momentum and betas: schedulers that cycle them (OneCycleLR) find what they need
+        super().__init__([torch.zeros(1)], {"lr": lr, "momentum": 0.9, "betas": (0.9, 0.999)})
+
+    def step(self, closure: Any = None) -> None:
+        return None
+
+
+def trial_lrs(cfg: DictConfig, epochs: int, lr: float = 1.0) -> list[float] | None:
+    """The LR each epoch of a trial of ``epochs`` epochs at ``lr`` trains at (``cfg.scheduler``, epoch-stepped).
+
+    None when there is no scheduler object to drive (``scheduler=none``: constant ``lr``) or when it cannot be
+    driven on a stand-in optimizer (the run itself reports a scheduler that does not build).
+    """
+    tcfg = trial_config(cfg, epochs)
+    optimizer = _StandInOptimizer(lr)
+    try:
+        scheduler = build_scheduler(tcfg.scheduler, optimizer)
+    except Exception:  # the run's own build raises the scheduler's error, with its context
+        return None
+    if scheduler is None:
+        return None
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+class TrialTrainer(Trainer):
+    """A search trial's trainer: the search reads the trial's Z, never its test accuracy, so no test pass ends it.
+
+    (Each epoch still validates, as the original's trials evaluated every epoch: the trial's log lines show it.)
+    """
+
+    def final_metrics(self) -> dict[str, float]:
+        return {"epochs": self.epoch, "steps": self.global_step, "train_time_s": self.elapsed}
 
 
 class MetricsRecorder:
@@ -100,6 +159,8 @@ class TrialAgent:
         self.data = data
         self.mode = cfg.method.mode
         self.epochs = cfg.method.trial_epochs
+        # the trials' optimizer, scheduler and trainer settings: a run of trial_epochs epochs
+        self.trial_cfg = trial_config(cfg, self.epochs)
         self.p = cfg.method.p
         # the trials checkpoint into search/checkpoints and log nothing into the run's metrics.jsonl (their
         # steps restart at 0 every trial)
@@ -150,7 +211,7 @@ class TrialAgent:
         return math.nan if diverged else z
 
     def _train(self, k: int, lr: float) -> tuple[float, list[float], bool]:
-        cfg = self.cfg
+        cfg = self.trial_cfg
         # improved: every trial from the same initial weights; paper: a fresh init per trial (seeded here)
         seed_everything(cfg.seed if self.mode == "improved" else cfg.seed + 1 + k)
         model = make_model(cfg, self.data, self.ctx.device)
@@ -160,7 +221,7 @@ class TrialAgent:
         n_batches = len(self.data.train)
         if cfg.trainer.limit_train_batches is not None:
             n_batches = min(n_batches, int(cfg.trainer.limit_train_batches))
-        trainer: Trainer
+        trainer: TrialTrainer
 
         def step_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             out = trainer.default_step(x, y)
@@ -169,13 +230,12 @@ class TrialAgent:
                 recorder.record()
             return out
 
-        trainer = Trainer.from_config(
+        trainer = TrialTrainer.from_config(
             cfg,
             model,
             optimizer,
             self.data,
             self.trial_ctx,
-            epochs=self.epochs,
             scheduler=scheduler,
             step_fn=step_fn,
             extra_state={"autohyper_metrics": recorder},
@@ -286,10 +346,21 @@ class AutoHyperConfig(MethodConfig):
     max_trials: int = option(ge=1)
 
     def check(self, cfg: DictConfig) -> None:
-        """The first grid needs ``min_lr < max_lr``."""
+        """The first grid needs ``min_lr < max_lr``; a trial's schedule must not reach LR 0 inside the trial."""
         if not self.min_lr < self.max_lr:
             raise ConfigError(
                 f"method.min_lr must be below method.max_lr; got min_lr={self.min_lr}, max_lr={self.max_lr}"
+            )
+        # the shipped schedulers interpolate ${trainer.epochs}, which a trial sets to trial_epochs (trial_config);
+        # a horizon given as a number (scheduler.T_max=3) is kept, and may end before the trial does
+        lrs = trial_lrs(cfg, self.trial_epochs)
+        dead = [e + 1 for e, lr in enumerate(lrs or []) if not lr > 0]
+        if dead:
+            target = str(cfg.scheduler.get("_target_", "")).rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"method.trial_epochs={self.trial_epochs}: the scheduler ({target}) would train a search trial "
+                f"at LR 0 in epoch {', '.join(map(str, dead))}; give its horizon as ${{trainer.epochs}} (a trial's "
+                "own length inside a trial) instead of a number, or shorten method.trial_epochs"
             )
 
 

@@ -48,6 +48,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from common.config import CONF_DIR
+from common.config import CONF_DIR, ConfigError
 from common.engine import RunContext, evaluate
 from common.factory import make_data
 from common.logging import format_table
+from common.method import Method, option
 from common.metrics import count_macs
 from common.models import build_model
 from common.task import train_model
@@ -68,7 +70,7 @@ from ecc.cost import make_backend, sample_widths
 from ecc.energy_model import BilinearEnergyModel, mrae, split_holdout
 from ecc.netadapt import netadapt
 from ecc.prune import group_scores, last_layer, slim, slim_to_widths, width_chain, width_slots
-from ecc.task import netadapt_steps, phase_dense
+from ecc.task import ECCConfig, netadapt_steps, phase_dense
 
 FIT_NETS = {
     "alexnet_small": dict(widths=[64, 192, 384, 256, 256], hidden=[1024, 1024], dropout=0.5),
@@ -199,12 +201,9 @@ def bench_cost(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> tupl
     net's measured cost recorded beside it in ``fit.json`` (what ECC's budget uses,
     ``method.budget_reference=measured``), or to the model's own dense prediction when none was recorded.
     """
-    kind = cfg.method.get("bench_cost", "macs")
-    if kind == "macs":
+    if cfg.method.bench_cost == "macs":
         cost = macs_cost(model, x)
         return cost, cost(width_chain(model)[1:-1])
-    if kind != "model":
-        raise ValueError(f"method.bench_cost must be macs or model, got {kind!r}")
     path = Path(cfg.method.bench_energy_model)
     energy_model = BilinearEnergyModel.load(path)
     chain = width_chain(model)
@@ -269,7 +268,8 @@ def uniform_cut(
 
 
 def run_uniform_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
-    """A ``method.run``: the dense net (``method.dense_checkpoint``) cut uniformly to the budget, fine-tuned."""
+    """The job of :data:`UNIFORM_FT`: the dense net (``method.dense_checkpoint``) cut uniformly to the budget,
+    fine-tuned."""
     return finetuned_baseline(cfg, ctx, uniform_cut)
 
 
@@ -304,7 +304,7 @@ def l1_prune(
 
 
 def run_l1_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
-    """A ``method.run``: the dense net (``method.dense_checkpoint``) L1-pruned to the budget, fine-tuned."""
+    """The job of :data:`L1_FT`: the dense net (``method.dense_checkpoint``) L1-pruned to the budget, fine-tuned."""
     return finetuned_baseline(
         cfg,
         ctx,
@@ -317,8 +317,8 @@ NETADAPT_BATCHES = 20  # short-term fine-tune: 20 train minibatches (about half 
 
 
 def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
-    """A ``method.run``: NetAdapt (``ecc.netadapt``) from the dense net (``method.dense_checkpoint``) to the
-    budget's cost (``method.bench_cost``: MACs or a saved bilinear model), proposals scored on the ``val``
+    """The job of :data:`NETADAPT_FT`: NetAdapt (``ecc.netadapt``) from the dense net (``method.dense_checkpoint``)
+    to the budget's cost (``method.bench_cost``: MACs or a saved bilinear model), proposals scored on the ``val``
     split, then fine-tuned ``finetune_epochs``."""
     m = cfg.method
     data = make_data(cfg, ctx.device)
@@ -341,6 +341,32 @@ def run_netadapt_finetune(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     out["netadapt_iterations"] = float(len(res.history))
     out.update({f"width_{u + 1}": float(w) for u, w in enumerate(res.widths)})
     return out
+
+
+@dataclass
+class BaselineConfig(ECCConfig):
+    """``method=ecc``'s options plus the cost a baseline job targets (``+method.bench_cost=...``).
+
+    Attributes:
+        bench_cost: ``macs`` (the dense net's MACs) or ``model`` (the bilinear model at ``bench_energy_model``).
+        bench_energy_model: A saved :class:`BilinearEnergyModel` (e.g. ECC's ``cost/energy_model.pt``).
+    """
+
+    bench_cost: str = option("macs", choices=("macs", "model"))
+    bench_energy_model: str | None = option(None)
+
+    def check(self, cfg: DictConfig) -> None:
+        super().check(cfg)
+        if self.bench_cost == "model" and not self.bench_energy_model:
+            raise ConfigError(
+                "method.bench_cost=model needs +method.bench_energy_model=<path of energy_model.pt>"
+            )
+
+
+# the baseline jobs, run through launch with method=ecc and method.plugin=bench.ecc:<name>
+UNIFORM_FT = Method(name="ecc_bench_uniform", schema=BaselineConfig, run=run_uniform_finetune)
+L1_FT = Method(name="ecc_bench_l1", schema=BaselineConfig, run=run_l1_finetune)
+NETADAPT_FT = Method(name="ecc_bench_netadapt", schema=BaselineConfig, run=run_netadapt_finetune)
 
 
 def latency_ratios(
@@ -404,15 +430,15 @@ def compress_part(seeds: int, epochs: int, repeats: int) -> None:
                 )  # fmt: skip
                 # the baselines: cut from the same dense net to the budget's MACs, then fine-tuned E epochs
                 baselines = {}
-                for method, fn, tag in (
-                    ("uniform ft", "run_uniform_finetune", "uft"),
-                    ("L1 global ft", "run_l1_finetune", "l1"),
-                    ("NetAdapt ft", "run_netadapt_finetune", "na"),
+                for method, plugin, tag in (
+                    ("uniform ft", "UNIFORM_FT", "uft"),
+                    ("L1 global ft", "L1_FT", "l1"),
+                    ("NetAdapt ft", "NETADAPT_FT", "na"),
                 ):
                     r = run(
                         compose_config(
                             "method=ecc", *common, f"method.budget={budget}", f"method.dense_checkpoint={dense_ckpt}",
-                            f"method.run=bench.ecc.{fn}", output_dir=root / f"{tag}_s{seed}_b{budget}",
+                            f"method.plugin=bench.ecc:{plugin}", output_dir=root / f"{tag}_s{seed}_b{budget}",
                         )
                     )  # fmt: skip
                     widths = [int(r[f"width_{u + 1}"]) for u in range(len(dense_ub))]
@@ -514,15 +540,15 @@ def latency_part(
                     )
                 )  # fmt: skip
                 jobs["NetAdapt ft"] = (r, time.perf_counter() - t)
-                for method, fn, tag in (
-                    ("uniform ft", "run_uniform_finetune", "uft"),
-                    ("L1 global ft", "run_l1_finetune", "l1"),
+                for method, plugin, tag in (
+                    ("uniform ft", "UNIFORM_FT", "uft"),
+                    ("L1 global ft", "L1_FT", "l1"),
                 ):
                     t = time.perf_counter()
                     r = run(
                         compose_config(
                             "method=ecc", *common, f"method.budget={budget}",
-                            f"method.dense_checkpoint={first / 'dense' / 'model.pt'}", f"method.run=bench.ecc.{fn}",
+                            f"method.dense_checkpoint={first / 'dense' / 'model.pt'}", f"method.plugin=bench.ecc:{plugin}",
                             "+method.bench_cost=model", f"+method.bench_energy_model={first / 'cost' / 'energy_model.pt'}",
                             output_dir=root / f"{tag}_s{seed}_b{budget}",
                         )

@@ -41,10 +41,10 @@ from sedona.memory import SavedActivationMeter, balanced_split, block_costs
 from sedona.network import Decoupling
 
 
-def step(net, cfg, x, y, mode: str) -> None:
+def step(net, dec, x, y, mode: str) -> None:
     net.zero_grad(set_to_none=True)
     losses = []
-    for loss, _ in net.block_outputs(x, y, cfg):
+    for loss, _ in net.block_outputs(x, y, dec):
         if mode == "per_block":
             loss.backward()
             loss = loss.detach()  # keeping the graph referenced would keep the block's saved tensors
@@ -55,19 +55,20 @@ def step(net, cfg, x, y, mode: str) -> None:
 
 def search_cost(batch: int, iters: int, inner_steps: int = 5) -> None:
     """Time of a greedy step (K = 4), a relaxed step and a meta-step (T inner steps) on VGG-19; search cost."""
-    from sedona import search as S
+    from sedona.relaxation import SearchNet, hypergradient, relaxed_step
+    from sedona.weight_memory import snapshot
 
     torch.manual_seed(0)
     net = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=1.0, aux="conv4", heads=False)
-    model = S.SearchNet(net)
+    model = SearchNet(net)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
     alpha = torch.zeros(model.num_units - 1, 2, requires_grad=True)
     beta = torch.zeros(model.num_units - 1, 4, requires_grad=True)
-    state = S.snapshot(model, None, 0, 0.0)
+    state = snapshot(model, None, 0, 0.0)
     greedy = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=1.0, aux="conv4")
-    cfg = uniform_split(greedy.num_units, 4)
-    greedy.set_decoupling(cfg)
+    dec = uniform_split(greedy.num_units, 4)
+    greedy.set_decoupling(dec)
 
     def timed(fn) -> float:
         fn()
@@ -76,11 +77,11 @@ def search_cost(batch: int, iters: int, inner_steps: int = 5) -> None:
             fn()
         return (time.perf_counter() - t0) / iters
 
-    t_greedy = timed(lambda: step(greedy, cfg, x, y, "per_block"))
+    t_greedy = timed(lambda: step(greedy, dec, x, y, "per_block"))
     t_relaxed = timed(
-        lambda: S.relaxed_step(model, state, (x, y), alpha, beta, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        lambda: relaxed_step(model, state, (x, y), alpha, beta, lr=0.01, momentum=0.9, weight_decay=1e-4)
     )
-    t_meta = timed(lambda: S.hypergradient(model, state, [(x, y)] * inner_steps, alpha, beta, lr=0.01))
+    t_meta = timed(lambda: hypergradient(model, state, [(x, y)] * inner_steps, alpha, beta, lr=0.01))
     meta = (t_meta + t_relaxed) / t_greedy  # a meta-iteration also advances the popped state by one step
     pre, iters_meta = 40_000, 2_000
     total = pre * t_relaxed / t_greedy + iters_meta * meta
@@ -135,15 +136,15 @@ def memory(batch: int, iters: int) -> None:
         if k > 1:
             splits["balanced"] = balanced_split(costs, k)
         for name, ends in splits.items():
-            cfg = Decoupling(ends)
-            net.set_decoupling(cfg)
+            dec = Decoupling(ends)
+            net.set_decoupling(dec)
             for mode in ("joint", "per_block") if name == "uniform" else ("per_block",):
                 meter = SavedActivationMeter(net.parameters())
                 with meter.hooks():
-                    step(net, cfg, x, y, mode)
+                    step(net, dec, x, y, mode)
                 t0 = time.perf_counter()
                 for _ in range(iters):
-                    step(net, cfg, x, y, mode)
+                    step(net, dec, x, y, mode)
                 dt = (time.perf_counter() - t0) / iters
                 base = base or meter.peak
                 print(

@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecc.energy_model import BilinearEnergyModel
-from ecc.prune import WidthSlot, group_scores, live_mask, width_chain, width_slots, zero_groups
+from ecc.prune import (
+    WidthSlot,
+    group_scores,
+    is_depthwise_separable,
+    live_mask,
+    width_chain,
+    width_slots,
+    zero_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +154,7 @@ class ECCStep:
     """One minibatch of ECC's energy-constrained training, usable as a ``Trainer`` ``step_fn``.
 
     Args:
-        model: The student (a supported sequential net, on its device).
+        model: The student (a net :func:`ecc.prune.width_slots` supports, on its device).
         teacher: The frozen dense net for distillation, or None.
         optimizer: The primal optimizer (Adam gives the weighted metric; SGD the plain one).
         energy_model: The fitted cost model of the network's width chain.
@@ -366,16 +374,15 @@ def project_to_budget(
 def primal_param_groups(model: nn.Module, l2wd: float, mode: str) -> list[dict[str, Any]]:
     """Parameter groups of the primal optimizer with the original's (paper) or the fixed (default) L2.
 
-    Paper: coupled L2 on every parameter, except MobileNet, which the original trains without L2 (its
-    ``netl2wd = 0.0`` bug). Default: L2 on conv/fc weights that are not depthwise; none on BN and biases.
+    Paper: coupled L2 on every parameter, except MobileNet (:func:`ecc.prune.is_depthwise_separable`), which the
+    original trains without L2 (its ``netl2wd = 0.0`` bug). Default: L2 on conv/fc weights that are not depthwise;
+    none on BN and biases.
     """
-    from common.models.mobilenet import MobileNetV1
-
     if mode == "paper":
         return [
             {
                 "params": list(model.parameters()),
-                "weight_decay": 0.0 if isinstance(model, MobileNetV1) else l2wd,
+                "weight_decay": 0.0 if is_depthwise_separable(model) else l2wd,
             }
         ]
     decay, no_decay = [], []

@@ -34,8 +34,6 @@ from ecc.prune import slim_to_widths, width_chain
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("latency_cpu", "latency_cuda", "energy_nvml", "energy_rapl", "macs")
-
 
 class CostBackendUnavailable(RuntimeError):
     """The cost backend cannot run on this machine (the message says why and what to use instead)."""
@@ -263,6 +261,8 @@ _REGISTRY = {
     "energy_rapl": RaplEnergy,
     "macs": MacsCost,
 }
+# the backend names ``make_backend`` (and ``method.cost``) accepts
+BACKENDS = tuple(_REGISTRY)
 
 
 def make_backend(name: str, **kwargs: Any) -> CostBackend:

@@ -5,6 +5,7 @@ that has ``test_acc`` and ``measured_cost_ratio``, and writes ``accuracy_cost.pn
 ``--out``): one filled dot per run at its *measured* cost ratio, a hollow dot at the *predicted* ratio of the
 same run joined to it by a thin line (the cost model's error), the mean +- std per budget, and the dense
 accuracy (mean over runs) as a dashed line. Runs without ``budget_ratio`` are grouped by their predicted ratio.
+``launch`` draws it at the end of every sweep holding ``method=ecc`` runs (``ecc.task.METHOD.sweep_artifacts``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import argparse
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PLOT_FILE = "accuracy_cost.png"
 
@@ -36,20 +41,23 @@ def load_points(folder: str | Path) -> list[dict[str, Any]]:
     return points
 
 
-def plot_accuracy_cost(folder: str | Path, out: str | Path | None = None) -> Path:
-    """Writes the accuracy-cost plot of the runs under ``folder``; returns its path.
+def accuracy_cost_figure(points: Sequence[dict[str, Any]]) -> Figure:
+    """The accuracy-cost figure of ``points`` (:func:`load_points`' records); the caller saves or closes it.
+
+    One axes: a filled dot per run at its measured cost ratio (``measured cost``), a hollow dot at its predicted
+    ratio (``predicted cost``) joined to it by a thin grey line, the mean +- std per budget when a budget has
+    several runs (``mean ± std per budget``), and the mean dense accuracy as a dashed line (``dense``).
 
     Raises:
-        FileNotFoundError: No usable ``results.json`` under ``folder``.
+        ValueError: ``points`` is empty.
     """
+    if not points:
+        raise ValueError("no runs to plot")
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    points = load_points(folder)
-    if not points:
-        raise FileNotFoundError(f"no results.json with test_acc and measured_cost_ratio under {folder}")
     fig, ax = plt.subplots(figsize=(6, 4))
     measured = [p["measured_cost_ratio"] for p in points]
     acc = [p["test_acc"] for p in points]
@@ -85,11 +93,39 @@ def plot_accuracy_cost(folder: str | Path, out: str | Path | None = None) -> Pat
     ax.set_title(f"ECC: {len(points)} runs")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_cost(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Writes the accuracy-cost plot of the runs under ``folder`` (:func:`accuracy_cost_figure`); returns its path.
+
+    Raises:
+        FileNotFoundError: No usable ``results.json`` under ``folder``.
+    """
+    points = load_points(folder)
+    if not points:
+        raise FileNotFoundError(f"no results.json with test_acc and measured_cost_ratio under {folder}")
+    fig = accuracy_cost_figure(points)
     path = Path(out) if out is not None else Path(folder) / PLOT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return path
+
+
+def sweep_artifacts(sweep_dir: Path) -> list[Path]:
+    """``Method.sweep_artifacts`` of ``method=ecc``: the accuracy-cost plot of a finished sweep, if it has ECC runs.
+
+    Returns ``[<sweep_dir>/accuracy_cost.png]``, or ``[]`` when no run under ``sweep_dir`` has a test accuracy
+    and a measured cost ratio (a sweep whose ECC jobs all failed).
+    """
+    if not load_points(sweep_dir):
+        return []
+    return [plot_accuracy_cost(sweep_dir)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,15 +1,20 @@
-"""Width slots of sequential networks, input-channel groups, masking and physical channel removal.
+"""Width slots of chain and coupled networks, input-channel groups, masking and physical channel removal.
 
 A *width slot* u is one prunable width of the chain ``[w_0, w_1..w_L, w_{L+1}]``: the output channels of a
 producer layer (conv or linear, with its BatchNorm) that the next weight layer, the *consumer*, reads. ECC's
 sparsity unit is the consumer's input-channel group: every weight that dies with channel c (brief §1.3):
-``W[:, c]`` of a conv, a block of ``block`` contiguous columns of the first fc after a flatten, and for
+``W[:, c]`` of a conv or linear, a block of ``block`` contiguous columns of the first fc after a flatten, and for
 MobileNet v1 also the depthwise filter ``dw[c]`` that sits between producer and consumer.
 
-Zeroing group c is functionally identical to deleting channel c (brief §1.5): everything between the two
-layers is per-channel (BN, ReLU, pooling, flatten), so the dead channel's constant output meets a zero
-column. :func:`slim` deletes it for real: producer rows (with bias and BN entries), depthwise channels
-and consumer columns.
+*Chain* networks are found from their structure, not their class: a net whose units (``blocks()``, the
+``common.models`` contract that their composition is ``forward``; or a plain ``nn.Sequential``) are
+``nn.Sequential`` all the way down runs its leaf modules in order, so its weight layers form a chain when
+everything between two of them acts per channel (activations, BatchNorm, pooling, dropout, a flatten before a
+linear layer, depthwise convolutions). That covers ``mlp`` (its hidden widths are the slots), ``lenet5``,
+``alexnet_small``, ``vgg*`` and ``mobilenet_v1*``. Zeroing group c is functionally identical to deleting
+channel c (brief §1.5): everything between the two layers is per-channel, so the dead channel's constant
+output meets a zero column. :func:`slim` deletes it for real: producer rows (with bias and BN entries),
+depthwise channels and consumer columns.
 
 Residual and concatenating networks (the CIFAR ResNets, DenseNet-BC) go through torch-pruning's
 ``DependencyGraph``: every group of coupled channels (the residual stream of a stage, whose producers - stem
@@ -17,13 +22,14 @@ or block conv2, projection shortcut, with their BNs - are added together; in Den
 a transition or a dense layer's conv) is one :class:`CoupledSlot`, i.e. one width variable of the bilinear
 model, whose input-channel groups span *every* consumer that reads it (conv1 and shortcut of the next blocks,
 every later dense layer's conv1 and the transition, the fc). A consumer reading a concatenation sees the
-slot's channel c at input column ``offset + c`` (``CoupledSlot.offsets``, from torch-pruning's index
-mapping), and a consumer reading several slots belongs to each of them. Zeroing channel c in all consumers
-makes the channel dead, and :func:`slim` removes it with torch-pruning, which deletes it from every coupled
-producer, BN and consumer at once (and re-offsets the concatenations). The cost model of such a net is
-bilinear over the edges of :func:`width_edges` (one term per distinct pair (input slot, output slot) of a
-weight layer; a layer reading a concatenation of m slots gives m terms, its cost being linear in the sum of
-its input widths) instead of a chain.
+slot's channel c at input column ``offset + c`` (``CoupledSlot.offsets``: a group item's channels minus its
+``root_idxs``, the group's own channel numbers, which torch-pruning carries through every concatenation), and a
+consumer reading several slots belongs to each of them. The graph is traced with an input of the data's shape
+(:func:`set_input_shape`). Zeroing channel c in all consumers makes the channel dead, and :func:`slim` removes it
+with torch-pruning, which deletes it from every coupled producer, BN and consumer at once (and re-offsets the
+concatenations). The cost model of such a net is bilinear over the edges of :func:`width_edges` (one term per
+distinct pair (input slot, output slot) of a weight layer; a layer reading a concatenation of m slots gives m
+terms, its cost being linear in the sum of its input widths) instead of a chain.
 """
 
 from __future__ import annotations
@@ -37,12 +43,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.models.alexnet import AlexNetSmall
-from common.models.mobilenet import MobileNetV1
-from common.models.vgg import VGG
+SUPPORTED = (
+    "chains of conv/linear layers (mlp, lenet5, alexnet_small, vgg*, mobilenet_v1*) and, via torch-pruning, "
+    "residual and concatenating nets without grouped convolutions (resnet*, wrn*, densenet*)"
+)
 
-SUPPORTED = "alexnet_small, vgg*, mobilenet_v1(_imagenet), and via torch-pruning resnet*, densenet_bc*"
-SEQUENTIAL = (AlexNetSmall, VGG, MobileNetV1)
+# modules that act on every channel alone: between a producer and its consumer they keep channel c's output
+# a function of channel c only, so a dead channel stays dead and its removal changes nothing downstream
+_PER_CHANNEL = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten,
+)  # fmt: skip
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# the per-sample input shape used to trace a coupled net, kept on the model so that deep copies keep it
+_INPUT_SHAPE_ATTR = "_ecc_input_shape"
 
 
 @dataclass
@@ -68,8 +83,7 @@ class WidthSlot:
     @property
     def width(self) -> int:
         """The slot's current number of channels."""
-        p = self.producer
-        return p.out_channels if isinstance(p, nn.Conv2d) else p.out_features
+        return _out_width(self.producer)
 
     def group_parts(self) -> list[tuple[nn.Parameter, bool, int]]:
         """The parameters holding the groups, each with "is depthwise" and the channel offset of the slot in it.
@@ -79,10 +93,6 @@ class WidthSlot:
         """
         dw = [(m.weight, True, 0) for m in self.passthrough if isinstance(m, nn.Conv2d)]
         return [*dw, (self.consumer.weight, False, 0)]
-
-    def group_tensors(self) -> list[tuple[nn.Parameter, bool]]:
-        """:meth:`group_parts` without the offsets."""
-        return [(p, depthwise) for p, depthwise, _ in self.group_parts()]
 
     def group_columns(self, tensor: torch.Tensor, depthwise: bool, offset: int = 0) -> torch.Tensor:
         """The part of ``tensor`` (a group tensor or a same-shaped statistic) holding the slot's groups (a view).
@@ -110,43 +120,110 @@ class WidthSlot:
         return t.reshape(like.shape)
 
 
-def _sequential_slots(model: nn.Module) -> list[WidthSlot]:
-    if isinstance(model, AlexNetSmall):
-        convs = [unit.conv for unit in model.features]
-        slots = [WidthSlot(f"features.{i}.conv", convs[i], None, convs[i + 1]) for i in range(4)]
-        # fc1 sees the 4x4 adaptive pool of conv5 flattened: channel c owns 16 contiguous columns
-        slots.append(WidthSlot("features.4.conv", convs[4], None, model.fc1.fc, consumer_block=16))
-        slots.append(WidthSlot("fc1.fc", model.fc1.fc, None, model.fc2.fc))
-        slots.append(WidthSlot("fc2.fc", model.fc2.fc, None, model.head.fc))
-        return slots
-    if isinstance(model, VGG):
-        units = list(model.features)
-        consumers = [u.conv for u in units[1:]] + [model.head.fc]
-        return [
-            WidthSlot(f"features.{i}.conv", u.conv, getattr(u, "bn", None), consumers[i])
-            for i, u in enumerate(units)
-        ]
-    if isinstance(model, MobileNetV1):
-        blocks = list(model.features)
-        slots = [
-            WidthSlot(
-                "stem.conv",
-                model.stem.conv,
-                model.stem.bn,
-                blocks[0].pw,
-                passthrough=[blocks[0].dw, blocks[0].dw_bn],
+def _in_width(layer: nn.Module) -> int:
+    return layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+
+
+def _out_width(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def is_depthwise_separable(model: nn.Module) -> bool:
+    """True for a MobileNet-style net, i.e. one with depthwise convolutions.
+
+    The original ECC treats MobileNet apart (its README recipe for the ADMM hyperparameters, and no L2 through its
+    ``netl2wd`` bug); this is how the paper mode recognises one (``mobilenet_v1``, ``mobilenet_v1_imagenet``).
+    """
+    return any(_is_depthwise(m) for m in model.modules())
+
+
+def _leaves(module: nn.Module) -> list[nn.Module] | None:
+    """The leaf modules of an ``nn.Sequential`` tree in forward order; None if some container is not Sequential."""
+    children = list(module.children())
+    if not children:
+        return [module]
+    if not isinstance(module, nn.Sequential):
+        return None
+    out: list[nn.Module] = []
+    for child in children:
+        leaves = _leaves(child)
+        if leaves is None:
+            return None
+        out.extend(leaves)
+    return out
+
+
+def _chain_leaves(model: nn.Module) -> list[nn.Module] | None:
+    """The leaf modules of ``model`` in forward order if it is a chain of Sequential units, else None."""
+    if isinstance(model, nn.Sequential):
+        return _leaves(model)
+    blocks = getattr(model, "blocks", None)
+    if not callable(blocks):
+        return None
+    out: list[nn.Module] = []
+    for unit in blocks():
+        leaves = _leaves(unit)
+        if leaves is None:
+            return None
+        out.extend(leaves)
+    return out
+
+
+def _chain_weight_layers(leaves: Sequence[nn.Module]) -> list[nn.Module]:
+    return [m for m in leaves if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def _chain_slots(model: nn.Module, leaves: Sequence[nn.Module]) -> list[WidthSlot]:
+    """The slots of a chain: each non-depthwise weight layer but the last, read by the next one."""
+    names = {m: n for n, m in model.named_modules()}
+    kind = type(model).__name__
+    for m in leaves:
+        if not isinstance(m, _PER_CHANNEL + (nn.Conv2d, nn.Linear)) or (
+            isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)
+        ):
+            raise NotImplementedError(f"{kind}: {names.get(m, m)} ({type(m).__name__}) is not per-channel")
+    position = {m: i for i, m in enumerate(leaves)}
+    weights = [m for m in _chain_weight_layers(leaves) if not _is_depthwise(m)]
+    if len(weights) < 2:
+        raise NotImplementedError(f"{kind} has no prunable width (fewer than two weight layers)")
+    if any(_is_depthwise(m) for m in leaves[: position[weights[0]]]):
+        raise NotImplementedError(f"{kind}: a depthwise convolution reads the input")
+    slots = []
+    for producer, consumer in zip(weights, weights[1:]):
+        norm, passthrough, flattened = None, [], False
+        for m in leaves[position[producer] + 1 : position[consumer]]:
+            if _is_depthwise(m):
+                passthrough.append(m)
+            elif isinstance(m, _NORMS) and passthrough:
+                passthrough.append(m)  # the depthwise conv's BN
+            elif isinstance(m, _NORMS):
+                if norm is not None:
+                    raise NotImplementedError(f"{kind}: two BatchNorms after {names[producer]}")
+                norm = m
+            elif isinstance(m, nn.Flatten):
+                flattened = True
+        width = _out_width(producer)
+        block, spare = divmod(_in_width(consumer), width)
+        # a linear layer after a flatten reads channel c as `block` contiguous columns (C-major flatten)
+        if spare or (block != 1 and not (flattened and isinstance(consumer, nn.Linear))):
+            raise NotImplementedError(
+                f"{kind}: {names[consumer]} reads {_in_width(consumer)} inputs from {width} channels of "
+                f"{names[producer]}"
             )
-        ]
-        for i, blk in enumerate(blocks):
-            if i + 1 < len(blocks):
-                nxt = blocks[i + 1]
-                slots.append(
-                    WidthSlot(f"features.{i}.pw", blk.pw, blk.pw_bn, nxt.pw, passthrough=[nxt.dw, nxt.dw_bn])
-                )
-            else:
-                slots.append(WidthSlot(f"features.{i}.pw", blk.pw, blk.pw_bn, model.head.fc))
-        return slots
-    raise NotImplementedError(f"{type(model).__name__} is not a sequential net")
+        slots.append(
+            WidthSlot(
+                names[producer], producer, norm, consumer, consumer_block=block, passthrough=passthrough
+            )
+        )
+    return slots
 
 
 @dataclass
@@ -178,7 +255,28 @@ _COUPLED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, list[CoupledSlot]]] = 
 
 
 def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    """The conv/linear layers of ``model``: in forward order for a chain, in module order otherwise."""
+    leaves = _chain_leaves(model)
+    if leaves is not None:
+        return _chain_weight_layers(leaves)
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def set_input_shape(model: nn.Module, shape: Sequence[int]) -> None:
+    """Record the per-sample input shape of ``model``'s data (e.g. ``(3, 32, 32)``) for tracing its coupled channels.
+
+    Kept on the module, so deep copies (and :func:`slim`'s copies) keep it. A net without one is traced at the
+    CIFAR size ``(in_channels, 32, 32)``.
+    """
+    object.__setattr__(model, _INPUT_SHAPE_ATTR, tuple(int(d) for d in shape))
+    _COUPLED.pop(model, None)  # traced again at this shape on demand
+
+
+def _trace_input(model: nn.Module, first: nn.Module) -> torch.Tensor:
+    shape = getattr(model, _INPUT_SHAPE_ATTR, None)
+    if shape is None:
+        shape = (first.in_channels, 32, 32) if isinstance(first, nn.Conv2d) else (first.in_features,)
+    return torch.zeros(1, *shape, device=first.weight.device, requires_grad=True)
 
 
 def _coupled(model: nn.Module) -> tuple[Any, list[CoupledSlot]]:
@@ -190,47 +288,50 @@ def _coupled(model: nn.Module) -> tuple[Any, list[CoupledSlot]]:
     layers = _weight_layers(model)
     if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in layers):
         raise NotImplementedError(f"grouped convolutions in {type(model).__name__}: not supported")
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()) or not layers:
+        raise NotImplementedError(
+            f"{type(model).__name__} has no conv/linear widths to prune (recurrent layers)"
+        )
     first, last = layers[0], layers[-1]
-    example = torch.zeros(1, first.in_channels, 32, 32, device=first.weight.device, requires_grad=True)
     was_training = model.training
     model.eval()  # tracing runs a forward: keep the BN statistics
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=_trace_input(model, first))
     finally:
         model.train(was_training)
     order = {m: i for i, m in enumerate(model.modules())}
     names = {m: n for n, m in model.named_modules()}
+    kind = type(model).__name__
     slots = []
     for group in dg.get_all_groups(ignored_layers=[last], root_module_types=[nn.Conv2d, nn.Linear]):
-        producers, consumers, offsets, width = [], [], {}, None
-        for dep, idxs in group:
-            mod = dep.target.module
-            # torch-pruning's _HybridIndex: idx is the channel of this layer, root_idx the group's channel
-            channels = [int(getattr(i, "idx", i)) for i in idxs]
-            roots = [
-                k if getattr(i, "root_idx", None) is None else int(i.root_idx) for k, i in enumerate(idxs)
-            ]
-            width = width or len(channels)
+        producers, consumers, offsets = [], [], {}
+        width = len(group[0].idxs)  # the root layer's channels: the group's channels 0..width-1
+        for k in range(len(group)):
+            # idxs: the channels of this layer; root_idxs: the group's channels they carry (public per item)
+            item = group[k]
+            mod = item.dep.target.module
             if not isinstance(mod, nn.Conv2d | nn.Linear):
                 continue
+            channels, roots = [int(i) for i in item.idxs], item.root_idxs
+            if roots is None:
+                raise NotImplementedError(
+                    f"{kind}: torch-pruning lost the group's channels at {names.get(mod, mod)}"
+                )
+            roots = [int(r) for r in roots]
             shift = channels[0] - roots[0] if channels else 0
             if sorted(roots) != list(range(width)) or any(c - r != shift for c, r in zip(channels, roots)):
                 raise NotImplementedError(
-                    f"{type(model).__name__}: channels of {names.get(mod, mod)} are not a shifted copy of their "
+                    f"{kind}: channels of {names.get(mod, mod)} are not a shifted copy of their "
                     "group's channels (a split or reshape of channels is not supported)"
                 )
-            if dep.handler.__name__ == "prune_out_channels":
+            if dg.is_out_channel_pruning_fn(item.dep.handler):
                 if shift:
-                    raise NotImplementedError(
-                        f"{type(model).__name__}: {names.get(mod, mod)} writes its group at an offset"
-                    )
+                    raise NotImplementedError(f"{kind}: {names.get(mod, mod)} writes its group at an offset")
                 producers.append(mod)
             else:
                 if mod in offsets and offsets[mod] != shift:
-                    raise NotImplementedError(
-                        f"{type(model).__name__}: {names.get(mod, mod)} reads one channel group twice"
-                    )
+                    raise NotImplementedError(f"{kind}: {names.get(mod, mod)} reads one channel group twice")
                 if mod not in offsets:
                     consumers.append(mod)
                 offsets[mod] = shift
@@ -259,11 +360,10 @@ def _coupled(model: nn.Module) -> tuple[Any, list[CoupledSlot]]:
     for m, ranges in spans.items():
         ranges.sort()
         ends = [0] + [b for _, b in ranges]
-        width_in = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
-        if [a for a, _ in ranges] != ends[:-1] or ends[-1] != width_in:
+        if [a for a, _ in ranges] != ends[:-1] or ends[-1] != _in_width(m):
             raise NotImplementedError(
-                f"{type(model).__name__}: the input channels of {names.get(m, m)} are not a concatenation of "
-                f"width slots ({ranges} of {width_in})"
+                f"{kind}: the input channels of {names.get(m, m)} are not a concatenation of "
+                f"width slots ({ranges} of {_in_width(m)})"
             )
     slots.sort(key=lambda s: order[s.producer])
     _COUPLED[model] = (dg, slots)
@@ -271,11 +371,14 @@ def _coupled(model: nn.Module) -> tuple[Any, list[CoupledSlot]]:
 
 
 def width_slots(model: nn.Module) -> list[WidthSlot]:
-    """The L prunable width slots of ``model``, in forward order."""
-    if isinstance(model, SEQUENTIAL):
-        return _sequential_slots(model)
+    """The L prunable width slots of ``model``, in forward order.
+
+    Raises:
+        NotImplementedError: ``model`` has a layer ECC cannot prune through (naming it and what is supported).
+    """
     try:
-        return list(_coupled(model)[1])
+        leaves = _chain_leaves(model)
+        return _chain_slots(model, leaves) if leaves is not None else list(_coupled(model)[1])
     except NotImplementedError as exc:
         raise NotImplementedError(f"ECC width slots are implemented for {SUPPORTED}: {exc}") from exc
 
@@ -283,7 +386,7 @@ def width_slots(model: nn.Module) -> list[WidthSlot]:
 def width_edges(model: nn.Module) -> list[tuple[int, int]]:
     """The terms of the bilinear model: ``(i, j)`` per weight layer reading chain entry i and writing j.
 
-    Chain entries are 0 (the input), 1..L (the slots) and L+1 (the classes). Sequential nets give the
+    Chain entries are 0 (the input), 1..L (the slots) and L+1 (the classes). Chain nets give the
     chain ``(j, j + 1)``; coupled nets one term per distinct pair of some weight layer (deduplicated), a layer
     reading a concatenation of slots ``i1..im`` one per input slot.
     """
@@ -363,26 +466,20 @@ def layer_macs(model: nn.Module, example: torch.Tensor) -> list[tuple[int, int, 
 
 def first_layer(model: nn.Module) -> nn.Module:
     """The layer reading the input (for w_0)."""
-    if isinstance(model, MobileNetV1):
-        return model.stem.conv
-    if isinstance(model, SEQUENTIAL):
-        return model.features[0].conv
     return _weight_layers(model)[0]
 
 
 def last_layer(model: nn.Module) -> nn.Module:
     """The classifier layer (for w_{L+1})."""
-    if isinstance(model, SEQUENTIAL):
-        return model.head.fc
     return _weight_layers(model)[-1]
 
 
 def width_chain(model: nn.Module) -> list[int]:
-    """``[w_0, w_1..w_L, w_{L+1}]``: input channels, the slots' widths, the number of classes."""
+    """``[w_0, w_1..w_L, w_{L+1}]``: input channels (features of an MLP), the slots' widths, the number of classes."""
     return [
-        first_layer(model).in_channels,
+        _in_width(first_layer(model)),
         *(s.width for s in width_slots(model)),
-        last_layer(model).out_features,
+        _out_width(last_layer(model)),
     ]
 
 
@@ -461,8 +558,11 @@ def _slice_in(module: nn.Module, idx: torch.Tensor, block: int) -> None:
 def slim(model: nn.Module, keep: Sequence[torch.Tensor | Sequence[int]]) -> nn.Module:
     """A copy of ``model`` with only the ``keep[u]`` channels of every slot u (physically removed).
 
+    Chains are sliced here; coupled nets by torch-pruning, which removes a channel from every coupled producer,
+    BN and consumer at once.
+
     Args:
-        model: A supported sequential network (not modified).
+        model: A network :func:`width_slots` supports (not modified).
         keep: Per slot, the channel indices to keep (at least one each).
 
     Returns:
@@ -472,10 +572,8 @@ def slim(model: nn.Module, keep: Sequence[torch.Tensor | Sequence[int]]) -> nn.M
     slots = width_slots(new)
     if len(keep) != len(slots):
         raise ValueError(f"keep has {len(keep)} entries, the network has {len(slots)} width slots")
-    if not isinstance(new, SEQUENTIAL):
+    if slots and isinstance(slots[0], CoupledSlot):
         return _slim_coupled(new, keep)
-    if len(keep) != len(slots):
-        raise ValueError(f"keep has {len(keep)} entries, the network has {len(slots)} width slots")
     for slot, idx in zip(slots, keep):
         idx = torch.as_tensor(idx, dtype=torch.long, device=slot.producer.weight.device).reshape(-1)
         if idx.numel() == 0:

@@ -11,6 +11,10 @@ dense/model.pt  cost/data.npz cost/meta.json  cost/energy_model.pt cost/fit.json
 admm/masked.pt admm/result.json  (or netadapt/result.pt netadapt/result.json)
 slim/model.pt  finetune/model.pt  ecc_summary.json  (results.json by launch)
 ```
+
+The plugins: :data:`METHOD` (``method=ecc``) and :data:`COST_DATA_METHOD` (``method=ecc_cost_data``, stages 1-2
+alone), both typed by :class:`ECCConfig`; a finished ``-m method=ecc`` sweep gets the accuracy-cost plot
+(:func:`ecc.plot.sweep_artifacts`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,27 +32,39 @@ import torch
 from omegaconf import DictConfig
 
 from common.checkpoint import load_verified, save_atomic
+from common.config import ConfigError
+from common.data import DataBundle
 from common.engine import RunContext, Trainer, evaluate
 from common.factory import make_data, make_model
+from common.io import write_json_atomic
+from common.method import Method, MethodConfig, option
 from common.metrics import count_macs, count_parameters
 from common.task import train_model
-from ecc.admm import BudgetMet, ECCState, ECCStep, primal_param_groups, project_to_budget
-from ecc.cost import CostBackend, collect_cost_data, make_backend
-from ecc.energy_model import BilinearEnergyModel, split_holdout
+from ecc.admm import MODES, BudgetMet, ECCState, ECCStep, primal_param_groups, project_to_budget
+from ecc.cost import BACKENDS, CostBackend, collect_cost_data, make_backend
+from ecc.energy_model import FIT_METHODS, BilinearEnergyModel, split_holdout
 from ecc.netadapt import netadapt, short_term_finetune
-from ecc.prune import live_counts, slim, slim_masked, width_chain, width_edges
+from ecc.plot import sweep_artifacts
+from ecc.prune import (
+    is_depthwise_separable,
+    live_counts,
+    set_input_shape,
+    slim,
+    slim_masked,
+    width_chain,
+    width_edges,
+)
 
 log = logging.getLogger(__name__)
 
 # the values of ``method.algorithm``
 ALGORITHMS = ("ecc", "netadapt")
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+# the authors' shipped AlexNet / Jetson TX2 energy model: a ``method.cost`` that is a model, not a backend
+TX2_ALEXNET = "tx2_alexnet"
+# the values of ``method.cost``: every backend of ecc.cost's registry, and the shipped model
+COSTS = (*BACKENDS, TX2_ALEXNET)
+# the networks ECC cannot prune: ResNeXt's grouped convolutions, the LSTM's recurrent layers (ecc.prune)
+UNSUPPORTED = ("resnext29", "lstm")
 
 
 # The ADMM hyperparameters a null ``method.<key>`` resolves to, per mode (see :func:`admm_hparams`).
@@ -69,36 +85,45 @@ PAPER_HP_MOBILENET: dict[str, Any] = {
 }  # fmt: skip
 
 
-def admm_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The ADMM hyperparameters: each ``method.<key>`` as given, or the mode's default where it is null.
+def admm_hparams(cfg: DictConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """The ADMM hyperparameters of ``model``: each ``method.<key>`` as given, or the mode's default where it is null.
 
     ``mode=default``: :data:`DEFAULT_HP`. ``mode=paper``: the original's, :data:`PAPER_HP_MOBILENET` for
-    MobileNet networks (the README recipe) and :data:`PAPER_HP` (argparse defaults) otherwise.
-    ``psgrad_clip <= 0`` means no clipping.
+    MobileNet-style nets (:func:`ecc.prune.is_depthwise_separable`, the README recipe) and :data:`PAPER_HP`
+    (argparse defaults) otherwise. ``psgrad_clip <= 0`` means no clipping.
     """
     m = cfg.method
     if m.mode == "paper":
-        base = PAPER_HP_MOBILENET if str(cfg.network.name).startswith("mobilenet") else PAPER_HP
+        base = PAPER_HP_MOBILENET if is_depthwise_separable(model) else PAPER_HP
     else:
         base = DEFAULT_HP
-    hp = {k: (m.get(k) if m.get(k) is not None else v) for k, v in base.items()}
+    hp = {k: (m[k] if m[k] is not None else v) for k, v in base.items()}
     hp["psgrad_clip"] = float(hp["psgrad_clip"]) if hp["psgrad_clip"] and hp["psgrad_clip"] > 0 else None
     return hp
 
 
 def make_cost_backend(m: DictConfig) -> CostBackend:
     """The backend of ``method.cost`` (``tx2_alexnet`` is measured again with ``latency_cpu``)."""
-    name = "latency_cpu" if m.cost == "tx2_alexnet" else m.cost
+    name = "latency_cpu" if m.cost == TX2_ALEXNET else m.cost
     kwargs: dict[str, Any] = {"batch": m.cost_batch}
     if name in ("latency_cpu", "latency_cuda"):
         kwargs["repeats"] = m.cost_repeats
     return make_backend(name, **kwargs)
 
 
-def phase_dense(cfg: DictConfig, ctx: RunContext, data: Any) -> torch.nn.Module:
+def build_net(cfg: DictConfig, data: DataBundle, device: torch.device) -> torch.nn.Module:
+    """``cfg.network`` for ``data`` (:func:`common.factory.make_model`), told the data's input shape: a coupled net
+    is traced at it (:func:`ecc.prune.set_input_shape`)."""
+    model = make_model(cfg, data, device)
+    if data.image_size is not None:
+        set_input_shape(model, (data.in_channels, data.image_size, data.image_size))
+    return model
+
+
+def phase_dense(cfg: DictConfig, ctx: RunContext, data: DataBundle) -> torch.nn.Module:
     """The dense network: loaded from ``method.dense_checkpoint`` or trained (phase ``pretrain``)."""
     m = cfg.method
-    model = make_model(cfg, data, ctx.device)
+    model = build_net(cfg, data, ctx.device)
     path = ctx.output_dir / "dense" / "model.pt"
     if m.dense_checkpoint:
         state = torch.load(m.dense_checkpoint, map_location=ctx.device, weights_only=True)
@@ -117,8 +142,8 @@ def phase_energy_model(
     """Cost data (stage 1) and the bilinear fit (stage 2), or the shipped TX2 model."""
     m = cfg.method
     chain = width_chain(dense)
-    if m.cost == "tx2_alexnet":
-        return BilinearEnergyModel.tx2_alexnet(chain), {"cost_model": "tx2_alexnet"}
+    if m.cost == TX2_ALEXNET:
+        return BilinearEnergyModel.tx2_alexnet(chain), {"cost_model": TX2_ALEXNET}
     folder = ctx.output_dir / "cost"
     model_path, fit_path = folder / "energy_model.pt", folder / "fit.json"
     if model_path.exists() and fit_path.exists():
@@ -136,7 +161,7 @@ def phase_energy_model(
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "data.tmp.npz", widths=chains, costs=costs)
         (folder / "data.tmp.npz").replace(data_path)
-        _write_json(folder / "meta.json", meta)
+        write_json_atomic(folder / "meta.json", meta)
     train, hold = split_holdout(len(costs), m.holdout, seed=m.fit_seed)
     energy_model = BilinearEnergyModel(chain, width_edges(dense)).fit(
         chains[train], costs[train], method=m.fit
@@ -150,7 +175,7 @@ def phase_energy_model(
         "dense_measured": float(meta["dense_cost"]) if "dense_cost" in meta else None,
     }
     energy_model.save(model_path)
-    _write_json(fit_path, fit)
+    write_json_atomic(fit_path, fit)
     log.info("bilinear fit (%s): holdout MRAE %.4g", m.fit, fit["holdout_mrae"])
     return energy_model, fit
 
@@ -165,18 +190,20 @@ def energy_budget(
     A fitted model misses the dense corner most (random widths rarely sample it: the latency fits here
     over-predicted it by 14-28 %), and every relative figure divides by it, so the measured value keeps "half
     the dense latency" what it says. B is ``method.budget`` times the reference, or absolute with
-    ``budget_absolute``. Raises ValueError when B is below the model's cost of the all-ones network.
+    ``budget_absolute``.
+
+    Raises:
+        ConfigError: B is below the model's cost of the all-ones network (no width vector meets it).
     """
-    reference = str(m.get("budget_reference", "measured"))
-    if reference not in ("measured", "model"):
-        raise ValueError(f"method.budget_reference must be measured or model, got {reference!r}")
     measured = fit.get("dense_measured")
-    dense_cost = float(measured) if reference == "measured" and measured else float(energy_model.dense_cost())
+    dense_cost = (
+        float(measured) if m.budget_reference == "measured" and measured else float(energy_model.dense_cost())
+    )
     budget = float(m.budget) if m.budget_absolute else float(m.budget) * dense_cost
     ones_cost = float(energy_model.predict([chain[0], *([1] * (len(chain) - 2)), chain[-1]]))
     if ones_cost > budget:
-        raise ValueError(
-            f"budget {budget:.6g} is below the cost of the all-ones network {ones_cost:.6g}: infeasible"
+        raise ConfigError(
+            f"method.budget: {budget:.6g} is below the cost of the all-ones network {ones_cost:.6g}: infeasible"
         )
     return budget, dense_cost
 
@@ -184,7 +211,7 @@ def energy_budget(
 def phase_admm(
     cfg: DictConfig,
     ctx: RunContext,
-    data: Any,
+    data: DataBundle,
     dense: torch.nn.Module,
     energy_model: BilinearEnergyModel,
     fit: dict[str, Any],
@@ -201,7 +228,7 @@ def phase_admm(
     teacher = copy.deepcopy(dense).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    hp = admm_hparams(cfg)
+    hp = admm_hparams(cfg, student)
     log.info("ADMM hyperparameters (%s mode): %s", m.mode, hp)
     groups = primal_param_groups(student, hp["l2wd"], m.mode)
     if hp["primal"] == "adam":
@@ -228,7 +255,7 @@ def phase_admm(
     if not admm_met:
         log.warning("ADMM ended after %d steps above the budget (E = %.6g > B = %.6g)", state.steps,
                     float(energy_model.predict([chain[0], *live_counts(student), chain[-1]])), budget)  # fmt: skip
-        if m.mode == "default" and m.get("fallback", True):
+        if m.mode == "default" and m.fallback:
             _, fallback_removed = project_to_budget(student, energy_model, budget)
             log.info("fallback: zeroed %d smallest-norm groups to meet the budget", fallback_removed)
     widths = live_counts(student)
@@ -248,17 +275,19 @@ def phase_admm(
         "widths": widths,
     }
     save_atomic({"model": student.state_dict()}, folder / "masked.pt")
-    _write_json(folder / "result.json", result)
+    write_json_atomic(folder / "result.json", result)
     return student, result
 
 
-def rebuild_slim(cfg: DictConfig, data: Any, widths: list[int], device: torch.device) -> torch.nn.Module:
+def rebuild_slim(
+    cfg: DictConfig, data: DataBundle, widths: list[int], device: torch.device
+) -> torch.nn.Module:
     """A network of ``cfg.network`` slimmed to ``widths`` (load a slim state dict into it)."""
-    return slim(make_model(cfg, data, device), [torch.arange(w) for w in widths])
+    return slim(build_net(cfg, data, device), [torch.arange(w) for w in widths])
 
 
 def netadapt_steps(
-    data: Any, device: torch.device, batches: int, lr: float, momentum: float = 0.9
+    data: DataBundle, device: torch.device, batches: int, lr: float, momentum: float = 0.9
 ) -> tuple[Callable[[torch.nn.Module, int], None], Callable[[torch.nn.Module], float]]:
     """NetAdapt's ``short_term`` (SGD on the first ``batches`` train minibatches of epoch ``it``) and ``score``
     (accuracy on the ``val`` split) for :func:`ecc.netadapt.netadapt`."""
@@ -277,7 +306,7 @@ def netadapt_steps(
 def phase_netadapt(
     cfg: DictConfig,
     ctx: RunContext,
-    data: Any,
+    data: DataBundle,
     dense: torch.nn.Module,
     energy_model: BilinearEnergyModel,
     fit: dict[str, Any],
@@ -324,13 +353,14 @@ def phase_netadapt(
         }
         log.info("NetAdapt: %d iterations, widths %s, E = %.6g <= B = %.6g",
                  len(res.history), res.widths, res.cost, budget)  # fmt: skip
-        _write_json(folder / "result.json", result)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "result.json", result)
         save_atomic({"model": res.model.state_dict(), "widths": res.widths, "result": result}, path)
         return res.model, result
 
 
 def phase_slim(
-    cfg: DictConfig, ctx: RunContext, data: Any, make: Callable[[], tuple[torch.nn.Module, list[int]]]
+    cfg: DictConfig, ctx: RunContext, data: DataBundle, make: Callable[[], tuple[torch.nn.Module, list[int]]]
 ) -> tuple[torch.nn.Module, list[int]]:
     """The slim net before fine-tuning, ``slim/model.pt``: ``make()`` gives (net, widths) when it is missing.
 
@@ -350,14 +380,6 @@ def phase_slim(
     return slim_net, widths
 
 
-def check_algorithm(m: DictConfig) -> str:
-    """``method.algorithm`` (``ecc`` when absent); a ValueError naming the valid ones otherwise."""
-    algorithm = str(m.get("algorithm") or "ecc")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown method.algorithm={algorithm!r}; valid: {', '.join(ALGORITHMS)}")
-    return algorithm
-
-
 def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """Runs the ECC pipeline; returns dense and final accuracy, cost ratios, widths (as ``width_<u>``).
 
@@ -366,11 +388,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     fine-tune, as for ECC: ``paper`` skips it (the original ``net_adapt.py``'s ``--lt_epochs 0`` default).
     """
     m = cfg.method
-    algorithm = check_algorithm(m)
+    algorithm = m.algorithm
     data = make_data(cfg, ctx.device)
     if algorithm == "netadapt" and (data.val is None or data.task != "classification"):
-        raise ValueError("method.algorithm=netadapt scores proposals by accuracy on the val split: it needs a "
-                         "classification data set with a validation split")  # fmt: skip
+        raise ConfigError("method.algorithm=netadapt scores proposals by accuracy on the val split: it needs a "
+                          "classification data set with a validation split")  # fmt: skip
     dense = phase_dense(cfg, ctx, data)
     dense_eval = evaluate(dense, data.test, task=data.task, device=ctx.device)
     x, _ = next(iter(data.test.epoch_iter(0)))
@@ -431,7 +453,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         "holdout_mrae": float(fit.get("holdout_mrae", float("nan"))),
     }
     results.update({f"width_{u + 1}": float(w) for u, w in enumerate(widths)})
-    _write_json(
+    write_json_atomic(
         ctx.output_dir / "ecc_summary.json",
         {**results, "algorithm": algorithm, "widths": widths, "dense_widths": chain[1:-1]},
     )
@@ -445,9 +467,103 @@ def run_cost_data(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     ``<output_dir>/cost/`` exactly as in the full pipeline.
     """
     data = make_data(cfg, ctx.device)
-    model = make_model(cfg, data, ctx.device)
+    model = build_net(cfg, data, ctx.device)
     x, _ = next(iter(data.test.epoch_iter(0)))
     energy_model, fit = phase_energy_model(cfg, ctx, model, x[:1])
     results = {k: float(v) for k, v in fit.items() if isinstance(v, int | float)}
     results["dense_cost"] = float(energy_model.dense_cost())
     return results
+
+
+@dataclass
+class NetAdaptConfig:
+    """``method.netadapt``: NetAdapt's schedule and short-term fine-tune (``method.algorithm=netadapt``).
+
+    Attributes:
+        iterations: The constant step is (E(dense) - B) / iterations of the model's predicted cost.
+        batches: Train minibatches of each proposal's short-term fine-tune (SGD, cross-entropy).
+        lr: The short-term fine-tune's learning rate; None: ``optimizer.lr``.
+        momentum: The short-term fine-tune's SGD momentum.
+    """
+
+    iterations: int = option(ge=1)
+    batches: int = option(ge=1)
+    lr: float | None = option(gt=0)
+    momentum: float = option(ge=0)
+
+
+@dataclass
+class ECCConfig(MethodConfig):
+    """``method=ecc`` and ``method=ecc_cost_data`` (which uses the cost and fit keys only).
+
+    The values and what each key does are in ``conf/method/ecc.yaml``; here their types and allowed values. A
+    null ADMM hyperparameter (``primal`` ... ``distill``) takes the mode's default (:func:`admm_hparams`).
+    """
+
+    algorithm: str = option(choices=ALGORITHMS)
+    mode: str = option(choices=MODES)
+    # a fraction of the dense cost in (0, 1], or absolute (> 0, the cost's units) with budget_absolute (check)
+    budget: float = option(gt=0)
+    budget_absolute: bool = option()
+    budget_reference: str = option(choices=("measured", "model"))
+    cost: str = option(choices=COSTS)
+    samples: int = option(ge=2)
+    cost_seed: int = option()
+    cost_batch: int = option(ge=1)
+    cost_repeats: int = option(ge=1)
+    fit: str = option(choices=FIT_METHODS)
+    holdout: float = option(gt=0, lt=1)
+    fit_seed: int = option()
+    dense_checkpoint: str | None = option()
+    pretrain_epochs: int = option(ge=0)
+    admm_epochs: int = option(ge=0)
+    fallback: bool = option()
+    primal: str | None = option(choices=("adam", "sgd"))
+    plr: float | None = option(gt=0)
+    padam_beta: list[float] = option(ge=0, lt=1)
+    momentum: float = option(ge=0)
+    l2wd: float | None = option(ge=0)
+    pslr: float | None = option(gt=0)
+    psgrad_mask: bool | None = option()
+    psgrad_clip: float | None = option()  # <= 0: no clipping
+    s_int: int = option(ge=1)
+    slb: float = option(gt=0)
+    rho_z: float | None = option(gt=0)
+    rho_y: float | None = option(gt=0)
+    zinit: float = option(ge=0)
+    yinit: float = option(ge=0)
+    distill: float | None = option(ge=0, le=1)
+    finetune_epochs: int = option(ge=0)
+    netadapt: NetAdaptConfig = field(default_factory=NetAdaptConfig)
+
+    def check(self, cfg: DictConfig) -> None:
+        """A relative budget is a fraction of the dense cost; Adam has two betas."""
+        if not self.budget_absolute and self.budget > 1:
+            raise ConfigError(
+                f"method.budget must be in (0, 1] (a fraction of the dense cost) unless method.budget_absolute=true; "
+                f"got {self.budget}"
+            )
+        if len(self.padam_beta) != 2:
+            raise ConfigError(f"method.padam_beta must be two numbers [beta1, beta2]; got {self.padam_beta}")
+
+
+def supports(network: str) -> bool:
+    """Every network ECC finds width slots in (:func:`ecc.prune.width_slots`): chains and coupled nets."""
+    return network not in UNSUPPORTED
+
+
+_SUPPORTS_DOC = (
+    "conv/linear chains, residual and concatenating nets; no grouped convolutions or recurrent layers"
+)
+
+METHOD = Method(
+    name="ecc",
+    schema=ECCConfig,
+    run=run,
+    supports=supports,
+    supports_doc=_SUPPORTS_DOC,
+    sweep_artifacts=sweep_artifacts,
+)
+COST_DATA_METHOD = Method(
+    name="ecc_cost_data", schema=ECCConfig, run=run_cost_data, supports=supports, supports_doc=_SUPPORTS_DOC
+)

@@ -8,8 +8,8 @@ Public API::
 
     from sedona import build_decoupled, uniform_split, select_decoupling
     net = build_decoupled("vgg19", num_classes=10, in_channels=3, feat_mult=1, aux="mlp_sr")
-    cfg = uniform_split(net.num_units, 4)      # block_ends (3, 7, 11, 15)
-    losses = net.local_losses(x, y, cfg)        # K losses, no gradient across a block boundary
+    dec = uniform_split(net.num_units, 4)      # block_ends (3, 7, 11, 15)
+    losses = net.local_losses(x, y, dec)        # K losses, no gradient across a block boundary
 
 ``method=sedona`` (:mod:`sedona.task`) trains a decoupled network greedily from the Hydra config.
 """
@@ -24,7 +24,8 @@ from sedona.network import (
     select_decoupling,
     uniform_split,
 )
-from sedona.search import SearchNet, WeightMemory, hypergradient
+from sedona.relaxation import SearchNet, hypergradient
+from sedona.weight_memory import WeightMemory
 
 __all__ = [
     "HEAD_KINDS",

@@ -1,4 +1,4 @@
-"""Method ``sedona``: greedy block-wise training of a decoupled network (SEDONA's evaluation phase, DGL, PredSim).
+"""Greedy block-wise training of a decoupled network (``method=sedona``: SEDONA's evaluation phase, DGL, PredSim).
 
 The network is ``cfg.network`` cut into K = ``method.num_blocks`` blocks: SEDONA's own definition for
 ``vgg19`` / ``resnet50_imagenet`` / ... when ``method.arch=original``, else the ``common`` network cut at its
@@ -13,6 +13,9 @@ gradients are the same; only peak memory differs.
 ``method.devices`` (a list of ≥ 2 devices, K > 1) trains the blocks as a pipeline of threads instead
 (:mod:`sedona.pipeline`, the original's multi-GPU ``train_parallel``): the same weights as ``per_block`` for a
 network without random layers.
+
+The plugin (the typed options, the networks it works with) is :data:`sedona.task.METHOD`; this module is its
+``run`` and the pieces ``method=sedona_search`` shares (:func:`block_optimization`, :func:`build_net`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from common.data import DataBundle
 from common.engine import RunContext, Trainer, autocast, evaluate
 from common.factory import build_optimizer, build_scheduler, make_data, make_model
+from common.io import write_json_atomic
 from sedona.memory import balanced_decoupling
 from sedona.network import (
     ORIGINAL_ARCHS,
@@ -86,7 +91,7 @@ class BlockSchedulers:
             s.load_state_dict(st)
 
 
-def train_steps(cfg: DictConfig, data: Any, epochs: int) -> int:
+def train_steps(cfg: DictConfig, data: DataBundle, epochs: int) -> int:
     """Optimizer steps in ``epochs`` epochs of ``data.train`` (``trainer.limit_train_batches`` applied)."""
     per_epoch = len(data.train)
     if cfg.trainer.limit_train_batches is not None:
@@ -95,7 +100,7 @@ def train_steps(cfg: DictConfig, data: Any, epochs: int) -> int:
 
 
 def block_optimization(
-    cfg: DictConfig, groups: list[list[torch.nn.Parameter]], data: Any
+    cfg: DictConfig, groups: list[list[torch.nn.Parameter]], data: DataBundle
 ) -> tuple[BlockOptimizers, BlockSchedulers | None, BlockSchedulers | None]:
     """One ``cfg.optimizer`` per parameter group, and its schedule: (optimizers, per-epoch, per-iteration).
 
@@ -113,34 +118,6 @@ def block_optimization(
         return opts, None, BlockSchedulers(cosines)
     scheds = [build_scheduler(cfg.scheduler, o) for o in opts.optimizers]
     return opts, (None if scheds[0] is None else BlockSchedulers(scheds)), None
-
-
-def pipeline_devices(m: DictConfig, run_device: torch.device) -> list[torch.device] | None:
-    """The devices of the pipelined trainer from ``method.devices`` (None: the sequential trainer).
-
-    Checks ``method.queue_size`` too. One device must be the run's (``trainer.device``): it is the sequential
-    trainer. ``backward=joint`` cannot be pipelined.
-    """
-    queue_size = m.get("queue_size", 50)
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise ValueError(f"method.queue_size must be an integer >= 1, got {queue_size!r}")
-    devices = resolve_devices(m.get("devices"))
-    if devices is None:
-        return None
-    if len(devices) == 1:
-        same = devices[0].type == run_device.type and (devices[0].index or 0) == (run_device.index or 0)
-        if not same:
-            raise ValueError(
-                f"method.devices=[{devices[0]}] is one device, i.e. the sequential trainer on the run's device "
-                f"({run_device}): set trainer.device={devices[0]} instead, or give two or more devices"
-            )
-        return None
-    if m.backward == "joint":
-        raise ValueError(
-            "method.backward=joint cannot be pipelined (each pipelined block runs its own backward): "
-            "use method.backward=per_block with method.devices, or method.devices=null"
-        )
-    return devices
 
 
 class BlockStates:
@@ -165,6 +142,35 @@ def original_arch(cfg: DictConfig) -> str | None:
     return name if name in ORIGINAL_ARCHS else None
 
 
+def decoupling_from_file(path: str | Path, num_blocks: int) -> Decoupling:
+    """The K = ``num_blocks`` decoupling of a ``decoupling.json``.
+
+    The file is a search result (``method=sedona_search``: one decoupling per K under ``splits``) or one
+    decoupling (``block_ends``, ``heads``: what ``method=sedona`` writes), whose K must be ``num_blocks``.
+    Anything else is a ``ValueError`` saying what the file holds.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable JSON file ({exc})") from None
+    if isinstance(data, dict) and isinstance(
+        data.get("splits"), dict
+    ):  # a search result: one decoupling per K
+        if str(num_blocks) not in data["splits"]:
+            held = ", ".join(sorted(data["splits"], key=int))
+            raise ValueError(f"{path} holds decouplings for K in {held}, not K={num_blocks}")
+        data = data["splits"][str(num_blocks)]
+    if not isinstance(data, dict) or "block_ends" not in data:
+        raise ValueError(
+            f"{path} holds neither a decoupling (block_ends, heads) nor a search result (splits)"
+        )
+    dec = Decoupling.from_dict(data)
+    if dec.num_blocks != num_blocks:
+        raise ValueError(f"{path} holds one decoupling with K={dec.num_blocks}, not K={num_blocks}")
+    return dec
+
+
 def resolve_decoupling(
     spec: str, arch: str | None, num_units: int, num_blocks: int, net: DecoupledNet | None = None, probe=None
 ) -> Decoupling:
@@ -185,50 +191,45 @@ def resolve_decoupling(
                 "method.decoupling=found needs network=vgg19|resnet50/101/152_imagenet, arch=original"
             )
         return found_decoupling(arch, num_blocks)
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"method.decoupling={spec!r}: not 'uniform', 'balanced', 'found' or an existing JSON file"
-        )
-    data = json.loads(path.read_text())
-    if "splits" in data:  # a search result: one decoupling per K
-        data = data["splits"][str(num_blocks)]
-    return Decoupling.from_dict(data)
+    return decoupling_from_file(spec, num_blocks)
 
 
-def build_net(cfg: DictConfig, data: Any, device: torch.device) -> tuple[DecoupledNet, Decoupling]:
-    """The decoupled network of ``cfg`` (backbone first, then the heads of the chosen decoupling)."""
+def build_backbone(
+    cfg: DictConfig, data: DataBundle, device: torch.device, input_shape: tuple[int, ...]
+) -> DecoupledNet:
+    """The decoupled network of ``cfg`` without auxiliary heads (``input_shape``: one sample's shape)."""
     m = cfg.method
     arch = original_arch(cfg)
     kw = dict(aux=m.aux, label_smoothing=m.label_smoothing, heads=False)
-    x, y = next(iter(data.test.epoch_iter(0)))
     if arch is None:
         model = make_model(cfg, data, device)
-        shape = tuple(x.shape[1:])
-        net = build_decoupled(model, data.num_classes, data.in_channels, input_shape=shape, **kw)
+        net = build_decoupled(model, data.num_classes, data.in_channels, input_shape=input_shape, **kw)
     else:
         net = build_decoupled(
             arch, data.num_classes, data.in_channels, image_size=data.image_size, feat_mult=m.feat_mult, **kw
         ).to(device)
-    net = net.to(device)
+    return net.to(device)
+
+
+def build_net(cfg: DictConfig, data: DataBundle, device: torch.device) -> tuple[DecoupledNet, Decoupling]:
+    """The decoupled network of ``cfg`` (backbone first, then the heads of the chosen decoupling)."""
+    m = cfg.method
+    x, y = next(iter(data.test.epoch_iter(0)))
+    net = build_backbone(cfg, data, device, tuple(x.shape[1:]))
     # a few samples suffice for the balanced split: a block's activation bytes are linear in the batch size
     probe = (x[:4].to(device), y[:4].to(device))
-    dec = resolve_decoupling(str(m.decoupling), arch, net.num_units, int(m.num_blocks), net, probe)
+    dec = resolve_decoupling(m.decoupling, original_arch(cfg), net.num_units, m.num_blocks, net, probe)
     net.set_decoupling(dec)
     return net, dec
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+def train_greedy(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """Greedy block-wise training; returns the final metrics (plus ``test_acc_ensemble`` when ``method.ensemble>1``)."""
     m = cfg.method
-    if m.backward not in ("per_block", "joint"):
-        raise ValueError(f"method.backward must be per_block or joint, got {m.backward!r}")
-    if m.lr_schedule not in ("iter_cosine", "config"):
-        raise ValueError(f"method.lr_schedule must be iter_cosine or config, got {m.lr_schedule!r}")
-    devices = pipeline_devices(m, ctx.device)
+    devices = resolve_devices(m.devices)  # present on this machine: before any data is loaded
     data = make_data(cfg, ctx.device)
     net, dec = build_net(cfg, data, ctx.device)
-    (ctx.output_dir / "decoupling.json").write_text(json.dumps(dec.to_dict(), indent=2))
+    write_json_atomic(ctx.output_dir / "decoupling.json", dec.to_dict(), sort_keys=False)
     if devices is not None and dec.num_blocks == 1:
         log.info("sedona: K = 1, method.devices ignored (nothing to pipeline)")
         devices = None
@@ -261,7 +262,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
             scalers=scalers if any(s.is_enabled() for s in scalers) else None,
             amp=amp,
             amp_dtype=cfg.trainer.amp_dtype,
-            queue_size=int(m.get("queue_size", 50)),
+            queue_size=m.queue_size,
             output_device=ctx.device,
         )
         log.info(
@@ -310,8 +311,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         if pipeline is not None:
             pipeline.close()
     results["num_blocks"] = float(dec.num_blocks)
-    if int(m.ensemble) > 1:
-        n = min(int(m.ensemble), dec.num_blocks)
+    if m.ensemble > 1:
+        n = min(m.ensemble, dec.num_blocks)
         ens = evaluate(
             EnsembleView(net, dec, n),
             data.test,

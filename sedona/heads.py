@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 HEAD_KINDS = ("mlp_sr", "predsim", "conv1", "conv2", "conv3", "conv4")
+# the heads whose local loss is a cross-entropy of their logits (PredSim's is a similarity loss): the heads a
+# logit scale such as the search's output scale s_l applies to
+LOGIT_HEADS = tuple(k for k in HEAD_KINDS if k != "predsim")
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

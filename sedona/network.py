@@ -296,10 +296,10 @@ class DecoupledNet(nn.Module):
         self.aux[str(unit)] = head.to(next(self.parameters()).device, next(self.parameters()).dtype)
         return head
 
-    def set_decoupling(self, cfg: Decoupling) -> None:
-        """Keep exactly the heads ``cfg`` uses: build missing or differing ones, delete the others."""
-        self._check(cfg)
-        wanted = {str(u): (k or self.default_aux) for u, k in zip(cfg.cuts, cfg.heads)}
+    def set_decoupling(self, dec: Decoupling) -> None:
+        """Keep exactly the heads ``dec`` uses: build missing or differing ones, delete the others."""
+        self._check(dec)
+        wanted = {str(u): (k or self.default_aux) for u, k in zip(dec.cuts, dec.heads)}
         for key in list(self.aux):
             if key not in wanted:
                 del self.aux[key]
@@ -307,9 +307,9 @@ class DecoupledNet(nn.Module):
             if self.head_kind(int(key)) != kind:
                 self.add_head(int(key), kind)
 
-    def _check(self, cfg: Decoupling) -> None:
-        if cfg.block_ends[-1] != self.num_units - 1:
-            raise ValueError(f"the last block must end at unit {self.num_units - 1}, got {cfg.block_ends}")
+    def _check(self, dec: Decoupling) -> None:
+        if dec.block_ends[-1] != self.num_units - 1:
+            raise ValueError(f"the last block must end at unit {self.num_units - 1}, got {dec.block_ends}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The plain end-to-end forward pass (the classifier's logits, on ``x``'s device).
@@ -322,77 +322,77 @@ class DecoupledNet(nn.Module):
         return self.classifier(_to_module(h, self.classifier)).to(x.device)
 
     def block_outputs(
-        self, x: torch.Tensor, y: torch.Tensor, cfg: Decoupling
+        self, x: torch.Tensor, y: torch.Tensor, dec: Decoupling
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (loss, logits) of each block in order; the input of every block is detached.
 
         Lazy: consuming the loss (e.g. its ``backward()``) before asking for the next block frees the block's
         graph before the next one is built, which is what makes per-block backward save memory.
         """
-        self._check(cfg)
+        self._check(dec)
         h = x
-        for b in range(cfg.num_blocks):
+        for b in range(dec.num_blocks):
             if b > 0:
                 h = h.detach()
-            h, loss, logits = self.block_forward(b, h, y, cfg)
+            h, loss, logits = self.block_forward(b, h, y, dec)
             yield loss, logits
             # the caller has the loss and logits now: while the next block is built, hold only its input
             del loss, logits
 
     def block_forward(
-        self, b: int, h: torch.Tensor, y: torch.Tensor, cfg: Decoupling
+        self, b: int, h: torch.Tensor, y: torch.Tensor, dec: Decoupling
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Block ``b`` alone on its input ``h`` (used as given: detach it first): (output, loss, logits).
 
         ``h`` is moved to each unit's device and ``y`` to the head's (no-ops when they are already there); the
         loss and logits are on the head's device (the classifier's for the last block).
         """
-        start = cfg.block_ends[b - 1] + 1 if b > 0 else 0
-        end = cfg.block_ends[b]
+        start = dec.block_ends[b - 1] + 1 if b > 0 else 0
+        end = dec.block_ends[b]
         for i in range(start, end + 1):
             h = self.units[i](_to_module(h, self.units[i]))
-        if b == cfg.num_blocks - 1:
+        if b == dec.num_blocks - 1:
             z = _to_module(h, self.classifier)
             logits = self.classifier(z)
             loss = smoothed_cross_entropy(logits, y.to(logits.device), self.label_smoothing)
         else:
             if str(end) not in self.aux:
-                raise KeyError(f"no auxiliary head after unit {end}: call set_decoupling(cfg) first")
+                raise KeyError(f"no auxiliary head after unit {end}: call set_decoupling(dec) first")
             head = self.aux[str(end)]
-            want = cfg.heads[b] or self.default_aux
+            want = dec.heads[b] or self.default_aux
             if getattr(head, "kind", want) != want:
                 raise ValueError(f"the head after unit {end} is {head.kind!r}, the decoupling asks {want!r}")
             z = _to_module(h, head)
             loss, logits = head.forward_loss(z, y.to(z.device), self.label_smoothing)
         return h, loss, logits
 
-    def local_losses(self, x: torch.Tensor, y: torch.Tensor, cfg: Decoupling) -> list[torch.Tensor]:
+    def local_losses(self, x: torch.Tensor, y: torch.Tensor, dec: Decoupling) -> list[torch.Tensor]:
         """The K block losses of one forward pass; no gradient crosses a block boundary."""
-        return [loss for loss, _ in self.block_outputs(x, y, cfg)]
+        return [loss for loss, _ in self.block_outputs(x, y, dec)]
 
-    def block_parameters(self, cfg: Decoupling) -> list[list[nn.Parameter]]:
+    def block_parameters(self, dec: Decoupling) -> list[list[nn.Parameter]]:
         """Each block's parameters: its units, then its head (the classifier for the last block)."""
-        self._check(cfg)
+        self._check(dec)
         groups, start = [], 0
-        for b, end in enumerate(cfg.block_ends):
+        for b, end in enumerate(dec.block_ends):
             params = [p for i in range(start, end + 1) for p in self.units[i].parameters()]
-            head = self.classifier if b == cfg.num_blocks - 1 else self.aux[str(end)]
+            head = self.classifier if b == dec.num_blocks - 1 else self.aux[str(end)]
             groups.append(params + list(head.parameters()))
             start = end + 1
         return groups
 
-    def ensemble_logits(self, x: torch.Tensor, cfg: Decoupling, n: int) -> torch.Tensor:
+    def ensemble_logits(self, x: torch.Tensor, dec: Decoupling, n: int) -> torch.Tensor:
         """log_softmax(Σ log_softmax) over the last ``n`` heads (the classifier and the auxiliary heads before it).
 
         The original sums the log-probabilities; the outer log_softmax only renormalises (same argmax), so the
         cross-entropy of the ensemble is a proper one.
         """
-        self._check(cfg)
+        self._check(dec)
         logits, start, h = [], 0, x
-        for b, end in enumerate(cfg.block_ends):
+        for b, end in enumerate(dec.block_ends):
             for i in range(start, end + 1):
                 h = self.units[i](_to_module(h, self.units[i]))
-            head = self.classifier if b == cfg.num_blocks - 1 else self.aux[str(end)]
+            head = self.classifier if b == dec.num_blocks - 1 else self.aux[str(end)]
             logits.append(head(_to_module(h, head)).to(x.device))
             start = end + 1
         total = sum(F.log_softmax(z, dim=-1) for z in logits[-n:])
@@ -402,12 +402,12 @@ class DecoupledNet(nn.Module):
 class EnsembleView(nn.Module):
     """A module whose forward is :meth:`DecoupledNet.ensemble_logits` (for ``common.engine.evaluate``)."""
 
-    def __init__(self, net: DecoupledNet, cfg: Decoupling, n: int) -> None:
+    def __init__(self, net: DecoupledNet, dec: Decoupling, n: int) -> None:
         super().__init__()
-        self.net, self.cfg, self.n = net, cfg, n
+        self.net, self.dec, self.n = net, dec, n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.ensemble_logits(x, self.cfg, self.n)
+        return self.net.ensemble_logits(x, self.dec, self.n)
 
 
 def from_blocks(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from common.config import ConfigError
 from common.engine import autocast
 from sedona.network import DecoupledNet, Decoupling
 
@@ -35,30 +36,38 @@ def available_devices() -> list[str]:
     return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
 
 
+def parse_device(name: str) -> torch.device | None:
+    """``cpu``, ``cuda`` (= ``cuda:0``) or ``cuda:i`` as a device; None for anything else (whatever is present)."""
+    try:
+        dev = torch.device(str(name).strip())
+    except (RuntimeError, ValueError):
+        return None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        return torch.device("cuda", 0 if dev.index is None else dev.index)
+    return None
+
+
 def resolve_devices(spec: Any) -> list[torch.device] | None:
     """``method.devices``: None stays None; a list (or a comma-separated string) of ``cpu``/``cuda``/``cuda:i``.
 
-    ``cuda`` means ``cuda:0``. A name that is not a device, or a device not present here, is a ``ValueError``
-    naming what is available.
+    ``cuda`` means ``cuda:0``. A name that is not a device, or a device not present here, is a
+    :class:`~common.config.ConfigError` (one line) naming what is available.
     """
     if spec is None:
         return None
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     avail = available_devices()
     if not items or not all(items):
-        raise ValueError(f"method.devices must be null or a non-empty list of devices ({', '.join(avail)})")
+        raise ConfigError(f"method.devices must be null or a non-empty list of devices ({', '.join(avail)})")
     devices = []
     for name in items:
-        try:
-            dev = torch.device(name)
-        except (RuntimeError, ValueError):
-            dev = None
-        if dev is not None and dev.type == "cpu":
-            dev = torch.device("cpu")
-        elif dev is not None and dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", 0)
+        dev = parse_device(name)
         if dev is None or str(dev) not in avail:
-            raise ValueError(f"method.devices: {name!r} is not available here; available: {', '.join(avail)}")
+            raise ConfigError(
+                f"method.devices: {name!r} is not available here; available: {', '.join(avail)}"
+            )
         devices.append(dev)
     return devices
 

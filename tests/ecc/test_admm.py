@@ -139,3 +139,59 @@ def test_admm_steps_on_resnet18_coupled_slots():
     slim_net, widths = slim_masked(model)
     assert widths == live_counts(model)
     torch.testing.assert_close(slim_net(x), model(x), atol=1e-5, rtol=1e-5)  # logits ~1e2 after lr 1e-2
+
+
+def _named_groups(model, groups):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(sorted(names[id(p)] for p in g["params"]), g["weight_decay"]) for g in groups]
+
+
+def test_primal_param_groups_decay_conv_and_fc_weights_only():
+    from torch import nn
+
+    from ecc.admm import primal_param_groups
+
+    # conv (+bias) -> BN -> depthwise conv -> BN -> flatten -> fc (+bias)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, groups=4, bias=False),
+        nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2),
+    )  # fmt: skip
+    # default: L2 on the dense conv and fc weights; not on biases, BN affine terms or the depthwise filters
+    assert _named_groups(model, primal_param_groups(model, 1e-4, "default")) == [
+        (["0.weight", "5.weight"], 1e-4),
+        (["0.bias", "1.bias", "1.weight", "2.weight", "3.bias", "3.weight", "5.bias"], 0.0),
+    ]
+    # paper: one group, coupled L2 on everything, but none at all for a MobileNet-style net (the netl2wd bug)
+    every = sorted(n for n, _ in model.named_parameters())
+    assert _named_groups(model, primal_param_groups(model, 1e-4, "paper")) == [(every, 0.0)]
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2))
+    assert _named_groups(plain, primal_param_groups(plain, 1e-4, "paper")) == [
+        (["0.bias", "0.weight", "3.bias", "3.weight"], 1e-4)
+    ]
+    mobile = build_model("mobilenet_v1", num_classes=4, in_channels=3, image_size=32, width_mult=0.125)
+    assert primal_param_groups(mobile, 1e-4, "paper")[0]["weight_decay"] == 0.0
+    assert primal_param_groups(_tiny(), 1e-4, "paper")[0]["weight_decay"] == 1e-4
+
+
+def test_adam_metric_is_sqrt_of_the_second_moment_plus_eps():
+    from ecc.admm import adam_metric
+
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    idle = torch.nn.Parameter(
+        torch.zeros(2, dtype=torch.float64)
+    )  # never gets a gradient: no state, no metric
+    beta2, eps = 0.99, 1e-8
+    opt = torch.optim.Adam([p, idle], lr=0.1, betas=(0.9, beta2), eps=eps)
+    g1 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    g2 = torch.tensor([3.0, 0.0, -1.0], dtype=torch.float64)
+    for g in (g1, g2):
+        p.grad = g.clone()
+        opt.step()
+    # by hand: v_1 = (1 - b2) g1^2, v_2 = b2 v_1 + (1 - b2) g2^2 = 0.0099 g1^2 + 0.01 g2^2
+    v2 = beta2 * (1 - beta2) * g1**2 + (1 - beta2) * g2**2
+    assert torch.allclose(v2, torch.tensor([0.0999, 0.0396, 0.012475], dtype=torch.float64), rtol=1e-12)
+    raw = adam_metric(opt, bias_correction=False)
+    assert set(raw) == {p}  # only parameters with Adam state
+    torch.testing.assert_close(raw[p], v2.sqrt() + eps, rtol=1e-12, atol=0)
+    corrected = adam_metric(opt, bias_correction=True)
+    torch.testing.assert_close(corrected[p], (v2 / (1 - beta2**2)).sqrt() + eps, rtol=1e-12, atol=0)

@@ -112,7 +112,7 @@ def test_bench_netadapt_job_runs_through_launch(cfg_factory, monkeypatch):
 
     monkeypatch.setattr(bench.ecc, "NETADAPT_ITERATIONS", 3)
     monkeypatch.setattr(bench.ecc, "NETADAPT_BATCHES", 2)
-    overrides = (*TINY, "method.budget=0.5", "trainer.epochs=1", "method.run=bench.ecc.run_netadapt_finetune")
+    overrides = (*TINY, "method.budget=0.5", "trainer.epochs=1", "method.plugin=bench.ecc:NETADAPT_FT")
     r = run(cfg_factory(*overrides, name="job"))
     assert r["macs_ratio"] <= 0.5 and 0.0 <= r["test_acc"] <= 1.0
     assert 1 <= r["netadapt_iterations"] <= 3

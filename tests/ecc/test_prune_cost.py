@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,8 @@ from ecc.prune import (
 )
 
 NETS = {
+    "mlp": dict(hidden=[20, 24, 16]),
+    "lenet5": {},
     "alexnet_small": dict(widths=[8, 12, 16, 12, 10], hidden=[20, 24], dropout=0.0),
     "vgg11": dict(width_mult=0.125),
     "vgg11_bn": dict(width_mult=0.125),
@@ -177,3 +181,79 @@ def test_concatenating_network_has_coupled_slots_read_at_offsets():
     slots = width_slots(model)
     assert all(isinstance(s, CoupledSlot) for s in slots) and len(slots) == 1 + 3 * 2 + 2
     assert any(s.offsets for s in slots)
+
+
+def test_mlp_hidden_widths_are_slots_and_its_macs_are_exactly_bilinear():
+    model = _net("mlp")  # 3x32x32 flattened -> 20 -> 24 -> 16 -> 10
+    slots = width_slots(model)
+    assert [s.name for s in slots] == ["layers.0.fc", "layers.1.fc", "layers.2.fc"]
+    edges = width_edges(model)
+    assert width_chain(model) == [3 * 32 * 32, 20, 24, 16, 10] and edges == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    x = torch.randn(1, 3, 32, 32)
+    chains, costs, meta = collect_cost_data(model, x, make_backend("macs"), 20, show_progress=False)
+    fit = BilinearEnergyModel(meta["width_upper_bounds"]).fit(chains, costs)
+    assert fit.mrae(chains, costs) < 1e-9  # the MACs of a linear layer are w_in w_out
+    # the exact MACs model of the chain: a_j = the dense MACs of layer j; a slim net's MACs are its prediction
+    exact = BilinearEnergyModel(width_chain(model))
+    for i, j, macs in layer_macs(model, x):
+        exact.a[edges.index((i, j))] += macs
+    assert exact.dense_cost() == count_macs(model, x)
+    slim_net = slim(model, [torch.tensor([0, 3, 7]), torch.arange(24)[::5], torch.tensor([15])])
+    assert width_chain(slim_net) == [3 * 32 * 32, 3, 5, 1, 10]
+    assert count_macs(slim_net, x) == pytest.approx(float(exact.predict(width_chain(slim_net))), rel=1e-12)
+
+
+def test_coupled_nets_are_traced_at_the_data_shape_and_copies_keep_it(monkeypatch):
+    import torch_pruning as tp
+
+    from ecc.prune import set_input_shape, slim_to_widths
+
+    shapes = []
+    build = tp.DependencyGraph.build_dependency
+
+    def spy(self, model, example_inputs, *args, **kwargs):
+        shapes.append(tuple(example_inputs.shape))
+        return build(self, model, example_inputs, *args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", spy)
+    torch.manual_seed(0)
+    model = build_model(
+        "wrn28_10", num_classes=10, in_channels=1, image_size=40, depth=10, widen_factor=1
+    ).eval()
+    set_input_shape(model, (1, 40, 40))
+    chain = width_chain(model)
+    twin = copy.deepcopy(model)  # what phase_admm's student is
+    width_slots(twin)
+    small = slim_to_widths(model, [max(1, w // 2) for w in chain[1:-1]])
+    width_slots(small)
+    # the net, its deep copy, slim's copy and the slim net: each traced once, at the recorded shape
+    assert shapes == [(1, 1, 40, 40)] * 4
+    assert small(torch.randn(2, 1, 40, 40)).shape == (2, 10)
+
+
+def test_the_task_tells_the_net_its_data_shape(cfg_factory, monkeypatch):
+    import torch_pruning as tp
+
+    from common.factory import make_data
+    from ecc.task import build_net
+
+    shapes = []
+    build = tp.DependencyGraph.build_dependency
+    monkeypatch.setattr(
+        tp.DependencyGraph,
+        "build_dependency",
+        lambda self, model, example_inputs, **kw: (
+            shapes.append(tuple(example_inputs.shape)) or build(self, model, example_inputs, **kw)
+        ),
+    )
+    # digits resized to 40 px (the net's minimum input size), one channel
+    cfg = cfg_factory(
+        "method=ecc",
+        "network=wrn28_10",
+        "network.depth=10",
+        "network.widen_factor=1",
+        "network.min_input_size=40",
+    )
+    data = make_data(cfg, torch.device("cpu"))
+    width_chain(build_net(cfg, data, torch.device("cpu")))
+    assert shapes == [(1, 1, 40, 40)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common.checkpoint import load_verified
+from common.config import ConfigError
 from ecc.admm import ECCStep
 from launch.run import run
 from tests.conftest import Crash, crash_on_call
@@ -78,6 +79,18 @@ def test_fallback_enforces_the_budget_when_admm_ends_above_it(cfg_factory, tmp_p
     assert (tmp_path / "fb" / "finetune" / "model.pt").exists()
 
 
+def test_ecc_prunes_the_hidden_widths_of_the_default_mlp(cfg_factory, tmp_path):
+    # network=mlp (the default): its hidden widths are the slots, w_0 the flattened 8x8 digits
+    results = run(
+        cfg_factory("method=ecc", "network.hidden=[32,32]", "method.cost=macs", "method.samples=20")
+    )
+    assert results["budget_met"] == 1.0 and results["predicted_cost_ratio"] <= 0.5
+    assert results["measured_cost_ratio"] == pytest.approx(results["predicted_cost_ratio"], rel=1e-9)
+    assert results["macs_ratio"] == pytest.approx(results["measured_cost_ratio"], rel=1e-9)
+    summary = json.loads((tmp_path / "run" / "ecc_summary.json").read_text())
+    assert summary["dense_widths"] == [32, 32] and all(1 <= w <= 32 for w in summary["widths"])
+
+
 def test_projection_to_budget_is_greedy_and_deterministic():
     from common.models import build_model
     from ecc.admm import project_to_budget
@@ -100,32 +113,47 @@ def test_projection_to_budget_is_greedy_and_deterministic():
     assert widths[4] == min(widths)  # the dearest width goes first
 
 
+def small_net(name):
+    """A small ``name`` network: admm_hparams reads only its structure (MobileNet-style or not)."""
+    from common.models import build_model
+
+    kwargs = {"alexnet_small": {"widths": [4, 4, 4, 4, 4], "hidden": [8, 8]}}.get(name, {"width_mult": 0.125})
+    return build_model(name, num_classes=10, in_channels=3, image_size=32, **kwargs)
+
+
+def hparams(cfg):
+    """``admm_hparams`` of the checked ``cfg`` and its network."""
+    from common.method import configure_method
+    from ecc.task import admm_hparams
+
+    configure_method(cfg)
+    return admm_hparams(cfg, small_net(cfg.network.name))
+
+
 def test_paper_mode_takes_the_original_hyperparameters_unless_overridden(cfg_factory):
     from ecc.task import DEFAULT_HP as DEFAULTS
-    from ecc.task import PAPER_HP, PAPER_HP_MOBILENET, admm_hparams
+    from ecc.task import PAPER_HP, PAPER_HP_MOBILENET
 
-    assert admm_hparams(cfg_factory(*TINY)) == DEFAULTS
-    paper = admm_hparams(cfg_factory(*TINY, "method.mode=paper"))
+    assert hparams(cfg_factory(*TINY)) == DEFAULTS
+    paper = hparams(cfg_factory(*TINY, "method.mode=paper"))
     assert paper == {**PAPER_HP, "psgrad_clip": None}
     assert (
         paper["primal"] == "sgd" and paper["plr"] == 1e-5 and paper["pslr"] == 0.01 and paper["rho_z"] == 1.0
     )
-    mobile = admm_hparams(cfg_factory("method=ecc", "network=mobilenet_v1", "method.mode=paper"))
+    mobile = hparams(cfg_factory("method=ecc", "network=mobilenet_v1", "method.mode=paper"))
     assert mobile == PAPER_HP_MOBILENET and mobile["primal"] == "adam" and mobile["rho_y"] == 10.0
     # a value the user gives wins in both modes
-    assert admm_hparams(cfg_factory(*TINY, "method.mode=paper", "method.plr=0.1"))["plr"] == 0.1
-    assert admm_hparams(cfg_factory(*TINY, "method.pslr=0.5"))["pslr"] == 0.5
-    assert admm_hparams(cfg_factory(*TINY, "method.psgrad_clip=0"))["psgrad_clip"] is None
+    assert hparams(cfg_factory(*TINY, "method.mode=paper", "method.plr=0.1"))["plr"] == 0.1
+    assert hparams(cfg_factory(*TINY, "method.pslr=0.5"))["pslr"] == 0.5
+    assert hparams(cfg_factory(*TINY, "method.psgrad_clip=0"))["psgrad_clip"] is None
 
 
 @pytest.mark.parametrize("experiment", ["ecc_cifar10_alexnet", "ecc_cifar10_mobilenet"])
 def test_paper_experiments_compose(cfg_factory, experiment):
-    from ecc.task import admm_hparams
-
     cfg = cfg_factory(f"experiment={experiment}", fast=False)
     assert cfg.method.name == "ecc" and cfg.dataset.name == "cifar10" and cfg.dataset.batch_size == 128
     assert cfg.method.mode == "paper" and cfg.method.admm_epochs == 1000 and cfg.method.budget == 0.5
-    hp = admm_hparams(cfg)
+    hp = hparams(cfg)
     if experiment.endswith("alexnet"):
         assert cfg.network.name == "alexnet_small" and cfg.network.dropout == 0.0
         assert cfg.method.cost == "tx2_alexnet" and hp["primal"] == "sgd" and hp["pslr"] == 0.01
@@ -135,7 +163,7 @@ def test_paper_experiments_compose(cfg_factory, experiment):
 
 
 def test_infeasible_budget_is_refused(cfg_factory):
-    with pytest.raises(ValueError, match="infeasible"):
+    with pytest.raises(ConfigError, match="infeasible"):
         run(cfg_factory(*TINY, "method.budget=1e-6"))
 
 
@@ -175,14 +203,12 @@ def test_relative_budget_is_relative_to_the_measured_dense_cost():
     x = chains / np.array(ub, dtype=float)
     costs = (x[:, :-1] * x[:, 1:]).sum(1) + 0.5  # a = 1, b = 0.5: the model's dense cost is 4.5
     em = BilinearEnergyModel(ub).fit(chains, costs)
-    m = OmegaConf.create({"budget": 0.5, "budget_absolute": False})
+    m = OmegaConf.create({"budget": 0.5, "budget_absolute": False, "budget_reference": "measured"})
     # the dense net measured 4.0 (the fit misses its corner): "half the dense cost" means 2.0
     assert energy_budget(m, em, ub, {"dense_measured": 4.0}) == pytest.approx((2.0, 4.0))
     assert energy_budget(
         OmegaConf.merge(m, {"budget_reference": "model"}), em, ub, {"dense_measured": 4.0}
     ) == (pytest.approx((2.25, 4.5)))
     assert energy_budget(m, em, ub, {}) == pytest.approx((2.25, 4.5))  # nothing measured (tx2_alexnet)
-    with pytest.raises(ValueError, match="budget_reference"):
-        energy_budget(OmegaConf.merge(m, {"budget_reference": "dense"}), em, ub, {})
-    with pytest.raises(ValueError, match="infeasible"):
+    with pytest.raises(ConfigError, match="method.budget.*infeasible"):
         energy_budget(OmegaConf.merge(m, {"budget": 0.05}), em, ub, {"dense_measured": 4.0})

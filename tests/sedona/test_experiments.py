@@ -1,38 +1,70 @@
-"""The SEDONA experiment configs compose and hold the original's protocol (iteration counts, splits, settings)."""
+"""Every SEDONA experiment config composes, passes the options check, and its network cuts into its K blocks."""
 
 from __future__ import annotations
 
-import math
+from types import SimpleNamespace
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
-from common.config import validate
+from common.config import CONF_DIR, validate
+from common.method import configure_method
+from sedona.greedy_training import build_backbone, original_arch, resolve_decoupling
+from sedona.options import SEARCH_SPLITS
+from tests.conftest import compose_config
 
 
-@pytest.mark.parametrize(
-    "name, train_images, iterations",
-    [
-        ("sedona_cifar10_vgg19", 50_000 - 5_000, 64_000),
-        ("sedona_tinyimagenet_vgg19", 100_000 - 10_000, 30_000),
-    ],
+def _method_of(path) -> str | None:
+    for entry in OmegaConf.load(path).get("defaults", []):
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            for key, value in entry.items():
+                if key.endswith("/method"):
+                    return value
+    return None
+
+
+# the experiments that select one of the two methods (derived from conf/experiment, not listed by hand)
+EXPERIMENTS = sorted(
+    p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if _method_of(p) in ("sedona", "sedona_search")
 )
-def test_evaluation_experiments(cfg_factory, name, train_images, iterations):
-    cfg = cfg_factory(f"experiment={name}", fast=False)
-    validate(cfg)
-    assert cfg.method.name == "sedona" and cfg.method.decoupling == "found" and cfg.method.num_blocks == 4
-    assert cfg.network.name == "vgg19" and cfg.trainer.select == "best_val"
-    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 1e-4)
-    assert cfg.method.lr_schedule == "iter_cosine" and cfg.method.lr_min == 1e-3
-    steps = cfg.trainer.epochs * math.ceil(train_images / cfg.dataset.batch_size)
-    assert abs(steps - iterations) / iterations < 0.02, steps
 
 
-def test_search_experiment(cfg_factory):
-    cfg = cfg_factory("experiment=sedona_search_cifar10_resnet50", fast=False)
+def test_the_sedona_experiments_are_found():
+    assert {"sedona_cifar10_vgg19", "sedona_search_cifar10_resnet50"} <= set(EXPERIMENTS)
+
+
+def _data_facts(cfg):
+    """What building the network needs of the data (its shape), read from the config instead of the files."""
+    d = cfg.dataset
+    return SimpleNamespace(num_classes=d.num_classes, in_channels=d.in_channels, image_size=d.image_size)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_builds_and_cuts_into_its_blocks(name, tmp_path):
+    torch.manual_seed(0)
+    cfg = compose_config(f"experiment={name}", output_dir=tmp_path, fast=False)
     validate(cfg)
+    method = configure_method(cfg)
     m = cfg.method
-    assert m.name == "sedona_search" and cfg.network.name == "resnet50_imagenet"
-    assert cfg.dataset.val_size == 20_000 and cfg.dataset.eval_batch_size == 1024
-    pretrain_steps = m.pretrain_epochs * math.ceil(30_000 / cfg.dataset.batch_size)
-    assert abs(pretrain_steps - 40_000) / 40_000 < 0.01
-    assert (m.meta_iters, m.inner_steps, m.memory_size, m.snapshot_every) == (2000, 5, 50, 80)
+    assert method.name == m.name
+    facts = _data_facts(cfg)
+    shape = (facts.in_channels, facts.image_size, facts.image_size)
+    net = build_backbone(cfg, facts, torch.device("cpu"), shape)
+    # K of the run: method=sedona's num_blocks, or the K the search's evaluation trains
+    k = m.num_blocks if m.name == "sedona" else m.eval_blocks
+    assert 1 <= k <= net.num_units
+    if m.name == "sedona":
+        dec = resolve_decoupling(m.decoupling, original_arch(cfg), net.num_units, k, net)
+    else:
+        assert k in SEARCH_SPLITS  # a split the search result holds
+        dec = resolve_decoupling("uniform", None, net.num_units, k)
+    net.set_decoupling(dec)
+    assert dec.num_blocks == k and dec.block_ends[-1] == net.num_units - 1
+    x = torch.randn(2, *shape)
+    y = torch.randint(0, facts.num_classes, (2,))
+    with torch.no_grad():
+        losses = net.train().local_losses(x, y, dec)
+        logits = net.eval()(x)
+    assert len(losses) == k and all(torch.isfinite(v) for v in losses)
+    assert logits.shape == (2, facts.num_classes)

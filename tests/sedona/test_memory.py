@@ -82,15 +82,15 @@ def test_block_costs_equal_the_measured_per_block_peak_and_touch_nothing():
         return max(float(costs[s, e]) for s, e in zip(starts, ends))
 
     assert heaviest(balanced.block_ends) < 0.75 * heaviest(uniform.block_ends)
-    for cfg in (uniform, balanced):
-        net.set_decoupling(cfg)
+    for dec in (uniform, balanced):
+        net.set_decoupling(dec)
         meter = SavedActivationMeter(net.parameters())
         with meter.hooks():
-            for loss, _ in net.block_outputs(x, y, cfg):
+            for loss, _ in net.block_outputs(x, y, dec):
                 loss.backward()
                 del loss
         # the probe's figure is the peak a real per-block step reaches (BN in train mode, same batch)
-        assert meter.peak == heaviest(cfg.block_ends)
+        assert meter.peak == heaviest(dec.block_ends)
 
 
 def test_method_sedona_with_the_balanced_split(cfg_factory, tmp_path):

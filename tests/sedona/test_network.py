@@ -141,11 +141,11 @@ def test_forward_does_not_depend_on_k():
 def test_each_loss_touches_only_its_block(aux):
     net = _net(aux=aux)
     x, y = _batch()
-    cfg = uniform_split(net.num_units, 4)
-    groups = net.block_parameters(cfg)
+    dec = uniform_split(net.num_units, 4)
+    groups = net.block_parameters(dec)
     owner = {id(p): b for b, ps in enumerate(groups) for p in ps}
     params = list(net.parameters())
-    losses = net.local_losses(x, y, cfg)
+    losses = net.local_losses(x, y, dec)
     assert len(losses) == 4
     for b, loss in enumerate(losses):
         grads = _grads(loss, params)
@@ -156,13 +156,13 @@ def test_each_loss_touches_only_its_block(aux):
 
 
 def test_per_block_and_joint_backward_agree():
-    cfg = uniform_split(16, 4)
+    dec = uniform_split(16, 4)
     x, y = _batch()
     nets = [_net(aux="conv3"), _net(aux="conv3")]
     for mode, net in zip(("per_block", "joint"), nets):
         torch.manual_seed(7)
         losses = []
-        for loss, _ in net.block_outputs(x, y, cfg):
+        for loss, _ in net.block_outputs(x, y, dec):
             if mode == "per_block":
                 loss.backward()
             losses.append(loss)
@@ -180,8 +180,8 @@ def test_set_decoupling_builds_only_used_heads_and_keeps_backbone_init():
     b = _net(aux="predsim", seed=4)
     for (_, pa), (_, pb) in zip(a.units.named_parameters(), b.units.named_parameters(), strict=True):
         assert torch.equal(pa, pb)
-    cfg = Decoupling((5, 12, 13, 15), ("conv4", "conv1", None))
-    a.set_decoupling(cfg)
+    dec = Decoupling((5, 12, 13, 15), ("conv4", "conv1", None))
+    a.set_decoupling(dec)
     assert sorted(a.aux.keys()) == ["12", "13", "5"]
     assert a.head_kind(5) == "conv4" and a.head_kind(13) == "mlp_sr"
     with pytest.raises(KeyError):
@@ -192,8 +192,8 @@ def test_set_decoupling_builds_only_used_heads_and_keeps_backbone_init():
 def test_ensemble_of_one_is_the_classifier():
     net = _net().eval()
     x, _ = _batch()
-    cfg = uniform_split(16, 4)
-    assert torch.allclose(net.ensemble_logits(x, cfg, 1), net(x).log_softmax(-1))
-    two = net.ensemble_logits(x, cfg, 2)
+    dec = uniform_split(16, 4)
+    assert torch.allclose(net.ensemble_logits(x, dec, 1), net(x).log_softmax(-1))
+    two = net.ensemble_logits(x, dec, 2)
     assert torch.allclose(two.exp().sum(-1), torch.ones(6, dtype=torch.float64))
     assert not math.isclose(float((two - net(x).log_softmax(-1)).abs().max()), 0.0)

@@ -12,14 +12,13 @@ import threading
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from common.checkpoint import load_verified
+from common.config import ConfigError
 from launch.run import run
 from sedona.network import DecoupledNet, Decoupling
 from sedona.pipeline import BlockPipeline, place_blocks, resolve_devices
-from sedona.task import pipeline_devices
 from tests.conftest import Crash, crash_on_call
 
 TIME_KEYS = ("time_s", "train_time_s")
@@ -129,12 +128,12 @@ def test_worker_exception_surfaces_in_the_main_thread(failing_block, queue_size)
     real = net.block_forward
     calls = {"n": 0}
 
-    def flaky(b, h, y, cfg):
+    def flaky(b, h, y, dec):
         if b == failing_block:
             calls["n"] += 1
             if calls["n"] == 3:
                 raise ValueError(f"boom in block {b}")
-        return real(b, h, y, cfg)
+        return real(b, h, y, dec)
 
     net.block_forward = flaky
     pipe = _pipeline(net, dec, queue_size)
@@ -196,12 +195,12 @@ def _crash_in_block(monkeypatch, block, at):
     real = DecoupledNet.block_forward
     calls = {"n": 0}
 
-    def wrapper(self, b, h, y, cfg):
+    def wrapper(self, b, h, y, dec):
         if b == block:
             calls["n"] += 1
             if calls["n"] == at:
                 raise Crash
-        return real(self, b, h, y, cfg)
+        return real(self, b, h, y, dec)
 
     monkeypatch.setattr(DecoupledNet, "block_forward", wrapper)
     return lambda: monkeypatch.setattr(DecoupledNet, "block_forward", real)
@@ -234,23 +233,27 @@ def test_pipeline_resume_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch
     )
 
 
-def test_bad_pipeline_options_are_rejected(cfg_factory):
-    with pytest.raises(ValueError, match="'cuda:7' is not available here; available: cpu"):
-        run(cfg_factory("method=sedona", "method.devices=[cpu,cuda:7]", name="a"))
-    with pytest.raises(ValueError, match="'tpu' is not available here"):
-        run(cfg_factory("method=sedona", "method.devices=[cpu,tpu]", name="b"))
-    with pytest.raises(ValueError, match="backward=joint cannot be pipelined"):
-        run(cfg_factory("method=sedona", "method.devices=[cpu,cpu]", "method.backward=joint", name="c"))
-    with pytest.raises(ValueError, match="queue_size"):
-        run(cfg_factory("method=sedona", "method.devices=[cpu,cpu]", "method.queue_size=0", name="d"))
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (("method.devices=[cpu,cuda:7]",), "method.devices: 'cuda:7' is not available here; available: cpu"),
+        (("method.devices=[cpu,tpu]",), "method.devices: 'tpu' is not a device"),
+        (("method.devices=[cpu,cpu]", "method.backward=joint"), "backward=joint cannot be pipelined"),
+        (("method.devices=[cpu,cpu]", "method.queue_size=0"), "method.queue_size must be in \\[1, inf\\)"),
+        # one device is the sequential trainer: trainer.device says which
+        (("method.devices=[cpu]",), "method.devices must be null or >= 2 devices"),
+    ],
+)
+def test_bad_pipeline_options_are_rejected(cfg_factory, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        run(cfg_factory("method=sedona", *overrides))
+
+
+def test_pipeline_arguments_are_checked():
     with pytest.raises(ValueError, match="non-empty list"):
         resolve_devices([])
     assert resolve_devices(None) is None
     assert resolve_devices("cpu, cpu") == [torch.device("cpu")] * 2
-    m = OmegaConf.create({"devices": ["cpu"], "queue_size": 50, "backward": "per_block"})
-    assert pipeline_devices(m, torch.device("cpu")) is None  # one device: the sequential trainer
-    with pytest.raises(ValueError, match="trainer.device=cpu"):
-        pipeline_devices(m, torch.device("cuda", 0))
     net, dec = _mlp_net()
     with pytest.raises(ValueError, match="K >= 2"):
         BlockPipeline(net, Decoupling((3,)), [torch.device("cpu")], _optimizers(net, Decoupling((3,))))
@@ -258,10 +261,8 @@ def test_bad_pipeline_options_are_rejected(cfg_factory):
         BlockPipeline(net, dec, [torch.device("cpu")] * 3, _optimizers(net, dec))
 
 
-def test_one_block_or_one_device_runs_the_sequential_trainer(cfg_factory):
+def test_one_block_runs_the_sequential_trainer(cfg_factory):
     results = run(cfg_factory(*SHORT, "method.num_blocks=1", "method.devices=[cpu,cpu]", name="k1"))
-    assert results["steps"] == 10
-    results = run(cfg_factory(*SHORT, "method.devices=[cpu]", "method.backward=joint", name="one"))
     assert results["steps"] == 10
 
 

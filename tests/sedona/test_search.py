@@ -8,10 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-import sedona.search as S
+import sedona.meta_search as meta_search
 from launch.run import run
 from sedona.heads import smoothed_cross_entropy
+from sedona.meta_search import clipped_cosine
 from sedona.network import DecoupledNet, sedona_init
+from sedona.relaxation import (
+    CANDIDATES,
+    SearchNet,
+    hypergradient,
+    output_scales,
+    relaxed_grads,
+    sgd_momentum_update,
+)
+from sedona.weight_memory import WeightMemory, snapshot
 from tests.conftest import Crash, crash_on_call
 
 
@@ -24,7 +34,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_net(kind: str, seed: int = 0, candidates: tuple[str, ...] = S.CANDIDATES) -> S.SearchNet:
+def tiny_net(kind: str, seed: int = 0, candidates: tuple[str, ...] = CANDIDATES) -> SearchNet:
     """A float64 decoupled MLP (3 units, 6→8 features) or CNN (3 units on 1×8×8) with ``candidates`` at each cut."""
     torch.manual_seed(seed)
     if kind == "mlp":
@@ -43,7 +53,7 @@ def tiny_net(kind: str, seed: int = 0, candidates: tuple[str, ...] = S.CANDIDATE
         head, shape = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 3)), (1, 8, 8)
     sedona_init(nn.ModuleList([*units, head]))
     net = DecoupledNet(units, head, 3, shape, aux="conv1").double()
-    return S.SearchNet(net, candidates, feat_mult=1 / 64).double()
+    return SearchNet(net, candidates, feat_mult=1 / 64).double()
 
 
 def batch(kind: str, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +72,7 @@ def alpha_for(p: float, n: int) -> torch.Tensor:
 
 def relaxed_grad_dict(model, x, y, alpha, beta):
     params = dict(model.named_parameters())
-    grads, loss, _ = S.relaxed_grads(model, params, {}, (x, y), alpha, beta, S.output_scales(alpha), False)
+    grads, loss, _ = relaxed_grads(model, params, {}, (x, y), alpha, beta, output_scales(alpha), False)
     return grads, loss
 
 
@@ -89,7 +99,7 @@ def test_relaxation_at_p1_is_greedy_with_every_unit_a_block(kind):
     beta = torch.randn(2, 4, dtype=torch.float64)
     alpha = alpha_for(1 - 1e-7, 2)
     grads, _ = relaxed_grad_dict(model, x, y, alpha, beta)
-    scales, mix = S.output_scales(alpha), torch.softmax(beta, -1)
+    scales, mix = output_scales(alpha), torch.softmax(beta, -1)
     h, ref = x, {}
     for i, unit in enumerate(model.units):
         h = unit(h.detach())
@@ -117,7 +127,7 @@ def test_relaxation_at_half_mixes_local_and_backprop_signal():
     beta = torch.randn(2, 4, dtype=torch.float64)
     alpha = torch.zeros(2, 2, dtype=torch.float64)
     grads, _ = relaxed_grad_dict(model, x, y, alpha, beta)
-    scales, mix = S.output_scales(alpha), torch.softmax(beta, -1)
+    scales, mix = output_scales(alpha), torch.softmax(beta, -1)
     h0 = model.units[0](x)
     h1 = model.units[1](h0)
     logits = model.classifier(model.units[2](h1))
@@ -138,14 +148,14 @@ def test_functional_sgd_equals_torch_sgd():
         g = torch.randn(5, 3, dtype=torch.float64)
         w.grad = g.clone()
         opt.step()
-        params, momenta = S.sgd_momentum_update(params, {"w": g}, momenta, 0.07, 0.9, 1e-3)
+        params, momenta = sgd_momentum_update(params, {"w": g}, momenta, 0.07, 0.9, 1e-3)
     assert torch.allclose(params["w"], w.detach(), rtol=1e-14, atol=1e-15)
     assert torch.allclose(momenta["w"], opt.state[w]["momentum_buffer"], rtol=1e-14, atol=1e-15)
 
 
 def _state(model, seed=1):
     g = torch.Generator().manual_seed(seed)
-    st = S.snapshot(model, None, 0, 0.0)
+    st = snapshot(model, None, 0, 0.0)
     st["momenta"] = {
         n: 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in st["params"].items()
     }
@@ -170,12 +180,12 @@ def test_hypergradient_equals_central_differences(kind, objective, steps):
     g = torch.Generator().manual_seed(3)
     alpha = torch.randn(2, 2, generator=g, dtype=torch.float64).requires_grad_()
     beta = torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_()
-    scales = S.output_scales(alpha)  # held fixed: a stop-gradient in the original (brief §4.3)
+    scales = output_scales(alpha)  # held fixed: a stop-gradient in the original (brief §4.3)
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, objective=objective, val_batch=val, scales=scales)
-    _, d_alpha, d_beta = S.hypergradient(model, state, batches, alpha, beta, **kw)
+    _, d_alpha, d_beta = hypergradient(model, state, batches, alpha, beta, **kw)
 
     def f(a, b):
-        return float(S.hypergradient(model, state, batches, a.requires_grad_(), b.requires_grad_(), **kw)[0])
+        return float(hypergradient(model, state, batches, a.requires_grad_(), b.requires_grad_(), **kw)[0])
 
     eps = 1e-5
     for var, grad in ((alpha, d_alpha), (beta, d_beta)):
@@ -194,23 +204,23 @@ def test_hypergradient_equals_central_differences(kind, objective, steps):
 
 
 def test_memory_oldest_and_spread():
-    old, spread = S.WeightMemory(3, "oldest"), S.WeightMemory(3, "spread")
+    old, spread = WeightMemory(3, "oldest"), WeightMemory(3, "spread")
     for step in range(1, 10):
         old.push({"step": step})
         spread.push({"step": step})
     assert old.steps() == [7, 8, 9]  # the original: the last `capacity` snapshots
     assert spread.steps()[-1] == 9 and spread.steps()[0] <= 3
-    copy = S.WeightMemory()
+    copy = WeightMemory()
     copy.load_state_dict(spread.state_dict())
     assert copy.steps() == spread.steps() and copy.keep == "spread"
     with pytest.raises(ValueError, match="keep"):
-        S.WeightMemory(3, "worst")
+        WeightMemory(3, "worst")
 
 
 def test_clipped_cosine():
-    assert S.clipped_cosine(0, 0.1, 1e-3, 100) == pytest.approx(0.1)
-    assert S.clipped_cosine(50, 0.1, 1e-3, 100) == pytest.approx((0.1 + 1e-3) / 2)
-    assert S.clipped_cosine(500, 0.1, 1e-3, 100) == pytest.approx(1e-3)
+    assert clipped_cosine(0, 0.1, 1e-3, 100) == pytest.approx(0.1)
+    assert clipped_cosine(50, 0.1, 1e-3, 100) == pytest.approx((0.1 + 1e-3) / 2)
+    assert clipped_cosine(500, 0.1, 1e-3, 100) == pytest.approx(1e-3)
 
 
 SEARCH = (
@@ -255,7 +265,7 @@ def test_search_finishes_and_feeds_method_sedona(cfg_factory, tmp_path):
 def test_search_resumes_after_crash(cfg_factory, tmp_path, monkeypatch, target, at):
     overrides = (*SEARCH, "method.eval_blocks=0", "method.objective=val")
     run(cfg_factory(*overrides, name="ref"))
-    restore = crash_on_call(monkeypatch, S, target, at=at)
+    restore = crash_on_call(monkeypatch, meta_search, target, at=at)
     with pytest.raises(Crash):
         run(cfg_factory(*overrides, name="res"))
     restore()
@@ -263,8 +273,3 @@ def test_search_resumes_after_crash(cfg_factory, tmp_path, monkeypatch, target, 
     a = json.loads((tmp_path / "ref" / "decoupling.json").read_text())
     b = json.loads((tmp_path / "res" / "decoupling.json").read_text())
     assert a["alpha"] == b["alpha"] and a["beta"] == b["beta"] and a["memory_steps"] == b["memory_steps"]
-
-
-def test_bad_search_options(cfg_factory):
-    with pytest.raises(ValueError, match="objective"):
-        run(cfg_factory("method=sedona_search", "method.objective=test"))

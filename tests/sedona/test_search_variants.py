@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-import sedona.search as S
+import sedona.meta_search as meta_search
 from common.checkpoint import load_verified
 from common.engine import evaluate
 from common.factory import make_data
 from launch.run import run
 from sedona.heads import MLPSR, smoothed_cross_entropy
+from sedona.meta_search import build_search_net, head_kinds, initial_beta, meta_optimizer
 from sedona.network import DecoupledNet
+from sedona.relaxation import CANDIDATES, SearchNet, hypergradient, output_scales
 from tests.conftest import Crash, crash_on_call
 from tests.sedona.test_search import _state, batch, tiny_net
 
@@ -27,7 +29,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def fixed_net(kind: str, head: str = "mlp_sr", seed: int = 0) -> S.SearchNet:
+def fixed_net(kind: str, head: str = "mlp_sr", seed: int = 0) -> SearchNet:
     """The tiny float64 MLP / CNN of ``test_search`` with one fixed head kind per cut."""
     return tiny_net(kind, seed, candidates=(head,))
 
@@ -40,7 +42,7 @@ def test_fixed_head_relaxation_uses_the_head_itself():
     x, y = batch("cnn")
     alpha = torch.zeros(2, 2, dtype=torch.float64)
     loss, _ = model(x, y, alpha, None)
-    s = S.output_scales(alpha)
+    s = output_scales(alpha)
     h0 = model.units[0](x)
     h1 = model.units[1](h0)
     l0 = smoothed_cross_entropy(s[0] * model.mixed[0].candidates[0](h0 / s[0]), y, 0.1)
@@ -48,7 +50,7 @@ def test_fixed_head_relaxation_uses_the_head_itself():
     l2 = smoothed_cross_entropy(model.classifier(model.units[2](h1)), y, 0.1)
     torch.testing.assert_close(loss, 0.5 * l0 + 0.25 * l1 + 0.25 * l2, rtol=1e-14, atol=0)
     units = [nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8)]
-    mixed = S.SearchNet(DecoupledNet(units, nn.Linear(8, 3), 3, (6,)).double(), S.CANDIDATES).double()
+    mixed = SearchNet(DecoupledNet(units, nn.Linear(8, 3), 3, (6,)).double(), CANDIDATES).double()
     with pytest.raises(ValueError, match="one head kind"):  # four candidates and no β: no mixture weights
         mixed(*batch("mlp"), alpha, None)
 
@@ -62,13 +64,13 @@ def test_no_beta_hypergradient_equals_central_differences(kind):
     alpha = torch.randn(
         2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64
     ).requires_grad_()
-    scales = S.output_scales(alpha)  # held fixed: a stop-gradient in the original (brief §4.3)
+    scales = output_scales(alpha)  # held fixed: a stop-gradient in the original (brief §4.3)
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, objective="train_last", scales=scales)
-    _, d_alpha, d_beta = S.hypergradient(model, state, batches, alpha, None, **kw)
+    _, d_alpha, d_beta = hypergradient(model, state, batches, alpha, None, **kw)
     assert d_beta is None
 
     def f(a):
-        return float(S.hypergradient(model, state, batches, a.requires_grad_(), None, **kw)[0])
+        return float(hypergradient(model, state, batches, a.requires_grad_(), None, **kw)[0])
 
     eps = 1e-5
     fd = torch.zeros_like(alpha)
@@ -85,11 +87,11 @@ def test_no_beta_hypergradient_equals_central_differences(kind):
 def test_meta_optimizer_holds_alpha_only(cfg_factory):
     model = fixed_net("mlp")
     cfg = cfg_factory("method=sedona_search", "method.search_beta=false")
-    assert S.head_kinds(cfg) == ("mlp_sr",)
+    assert head_kinds(cfg) == ("mlp_sr",)
     alpha = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
-    beta = S.initial_beta(model, S.searches_beta(cfg), requires_grad=True)
+    beta = initial_beta(model, cfg.method.search_beta, requires_grad=True)
     assert beta is None
-    opt = S.meta_optimizer(cfg, alpha, beta)
+    opt = meta_optimizer(cfg, alpha, beta)
     assert [p for g in opt.param_groups for p in g["params"]] == [alpha]
 
 
@@ -152,14 +154,14 @@ TIME_KEYS = ("time_s", "train_time_s")
 
 def test_eval_continuous_trains_the_relaxed_net(cfg_factory, tmp_path, monkeypatch):
     calls = []
-    real = S.relaxed_train_step
+    real = meta_search.relaxed_train_step
 
     def spy(model, optimizer, batch_, alpha, beta, scales, prefix):
         groups = getattr(optimizer, "optimizers", None)  # the evaluation's per-unit optimizers
         calls.append((alpha.detach().clone(), beta is None, None if groups is None else len(groups)))
         return real(model, optimizer, batch_, alpha, beta, scales, prefix)
 
-    monkeypatch.setattr(S, "relaxed_train_step", spy)
+    monkeypatch.setattr(meta_search, "relaxed_train_step", spy)
     results = run(cfg_factory(*CONTINUOUS))
     out = tmp_path / "run"
     dec = json.loads((out / "decoupling.json").read_text())
@@ -179,7 +181,7 @@ def test_eval_continuous_trains_the_relaxed_net(cfg_factory, tmp_path, monkeypat
     # the test accuracy is the classifier's: the checkpointed relaxed net's plain forward on the test set
     cfg = cfg_factory(*CONTINUOUS, name="probe")
     data = make_data(cfg, torch.device("cpu"))
-    model = S.build_search_net(cfg, data, torch.device("cpu"))
+    model = build_search_net(cfg, data, torch.device("cpu"))
     model.load_state_dict(ckpt["model"])
     probe = evaluate(model, data.test, limit_batches=cfg.trainer.limit_eval_batches)
     assert probe["test_acc"] == results["test_acc"] and probe["test_loss"] == results["test_loss"]
@@ -190,7 +192,7 @@ def test_eval_continuous_resumes_after_crash(cfg_factory, tmp_path, monkeypatch,
     overrides = (*CONTINUOUS, f"method.search_beta={search_beta}")
     reference = run(cfg_factory(*overrides, name="ref"))
     # 3 pretraining steps, then the evaluation's steps 1..4 (checkpoints at 2, 3, 4); crash in step 5
-    restore = crash_on_call(monkeypatch, S, "relaxed_train_step", at=3 + 5)
+    restore = crash_on_call(monkeypatch, meta_search, "relaxed_train_step", at=3 + 5)
     with pytest.raises(Crash):
         run(cfg_factory(*overrides, name="res"))
     restore()
@@ -202,17 +204,3 @@ def test_eval_continuous_resumes_after_crash(cfg_factory, tmp_path, monkeypatch,
     b = load_verified(tmp_path / "res" / "eval" / "checkpoints" / "last.pt")
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-
-@pytest.mark.parametrize(
-    ("override", "match"),
-    [
-        ("method.eval_mode=relaxed", "eval_mode"),
-        ("method.search_beta=maybe", "search_beta"),
-        ("method.fixed_head=predsim", "fixed_head"),
-    ],
-)
-def test_bad_variant_options(cfg_factory, override, match):
-    extra = ("method.search_beta=false",) if "fixed_head" in override else ()
-    with pytest.raises(ValueError, match=match):
-        run(cfg_factory("method=sedona_search", *extra, override))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import sedona.task as task_mod
+import sedona.greedy_training as greedy_training
 from common.checkpoint import load_verified
 from launch.run import run
 from tests.conftest import Crash, crash_on_call
@@ -90,7 +90,7 @@ def test_resume_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch, backwar
         "trainer.checkpoint_every_steps=3",
     )
     reference = run(cfg_factory(*overrides, name="ref"))
-    restore = crash_on_call(monkeypatch, task_mod.BlockSchedulers, "step", at=5)
+    restore = crash_on_call(monkeypatch, greedy_training.BlockSchedulers, "step", at=5)
     with pytest.raises(Crash):
         run(cfg_factory(*overrides, name="res"))
     restore()
@@ -101,13 +101,6 @@ def test_resume_equals_uninterrupted(cfg_factory, tmp_path, monkeypatch, backwar
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     lrs = [g["lr"] for g in a["optimizer"]["blocks"][0]["param_groups"]]
     assert lrs[0] < 0.1  # the per-iteration cosine moved
-
-
-def test_bad_options_are_rejected(cfg_factory):
-    with pytest.raises(ValueError, match="backward"):
-        run(cfg_factory("method=sedona", "method.backward=both"))
-    with pytest.raises(ValueError, match="found"):
-        run(cfg_factory("method=sedona", "method.decoupling=found", name="b"))
 
 
 def test_amp_bfloat16_on_cpu(cfg_factory):
