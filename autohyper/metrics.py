@@ -188,8 +188,25 @@ def evbmf(Y: torch.Tensor | np.ndarray) -> EVBMFResult:
     L, M = Y.shape
     if not bool(torch.isfinite(Y).all()):
         raise ValueError("EVBMF: the matrix has non-finite entries")
-    s = torch.linalg.svdvals(Y).detach().cpu().numpy()
+    s = _svdvals(Y).detach().cpu().numpy()
     return evbmf_from_singular_values(s, L, M)
+
+
+def _svdvals(x: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.svdvals``, run on one thread when ``x`` is on the CPU (the thread count is restored).
+
+    The threaded LAPACK SVD gains little on matrices of this size, and on a CPU that other processes share its
+    threads wait on each other: on a loaded 2-core machine, 2 threads took 6x (ResNet-18's metrics) to 20x
+    (one 256 x 2304 matrix) the time of 1 thread.
+    """
+    threads = torch.get_num_threads()
+    if x.device.type != "cpu" or threads == 1:
+        return torch.linalg.svdvals(x)
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.svdvals(x)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def unfoldings(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,9 +280,10 @@ def network_metrics(
     """The metrics of every weight of :func:`metric_weights`, with the SVDs batched over unfoldings of one shape.
 
     Unfoldings are transposed to ``L <= M`` and grouped by shape; each group is one batched
-    ``torch.linalg.svdvals`` call on the weights' device (float32, as the original), then the scalar EVBMF
-    searches run on the CPU. An unfolding whose EVBMF fails (non-finite weights) takes the original's exception
-    path: the layer's values of ``previous`` (the last epoch) or zeros when there is none.
+    ``torch.linalg.svdvals`` call on the weights' device (float32, as the original; on one thread on the CPU,
+    see :func:`_svdvals`), then the scalar EVBMF searches run on the CPU. An unfolding whose EVBMF fails
+    (non-finite weights) takes the original's exception path: the layer's values of ``previous`` (the last
+    epoch) or zeros when there is none.
 
     Args:
         model_or_weights: a network (its :func:`metric_weights` are used) or the (conv or Linear) weights.
@@ -293,7 +311,7 @@ def network_metrics(
             stack = torch.stack([m for *_, m in items])
             finite = torch.isfinite(stack).flatten(1).all(dim=1)
             stack = torch.where(finite[:, None, None], stack, torch.zeros((), device=stack.device))
-            svals = torch.linalg.svdvals(stack).cpu().numpy()
+            svals = _svdvals(stack).cpu().numpy()
             finite = finite.cpu().numpy()
             for (i, side, N, _), s, ok in zip(items, svals, finite, strict=True):
                 try:

@@ -243,3 +243,34 @@ def test_a_conv_network_keeps_its_conv_weights_only():
         tuple(c.weight.shape) for c in (net.c1, net.c2, net.c3, net.c4)
     ]
     assert len(network_metrics(net).in_S) == 4
+
+
+def test_cpu_svds_run_on_one_thread_and_restore_the_count(monkeypatch):
+    """The metrics' SVDs run single-threaded on the CPU (threaded LAPACK SVDs stall on a shared CPU, issue 15
+    item 14); the caller's thread count is back afterwards, also when the SVD raises."""
+    seen: list[int] = []
+    real = torch.linalg.svdvals
+
+    def recording(x, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svdvals", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3))
+        network_metrics(net)
+        evbmf(torch.randn(6, 20))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+
+        def failing(x, *args, **kwargs):
+            raise RuntimeError("svd failed")
+
+        monkeypatch.setattr(torch.linalg, "svdvals", failing)
+        with pytest.raises(RuntimeError, match="svd failed"):
+            network_metrics(net)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -123,7 +123,7 @@ def test_a_fixed_horizon_that_ends_inside_a_trial_is_refused(cfg_factory, monkey
 def test_debug_fast_bounds_the_search(cfg_factory):
     """Issue 15 item 14: debug=fast limits the trials (conf/method_debug/autohyper_fast.yaml), not the full run."""
     fast = cfg_factory("method=autohyper", "network=lenet5")
-    assert (fast.method.max_trials, fast.method.trial_epochs) == (2, 1)
+    assert (fast.method.max_trials, fast.method.trial_epochs) == (1, 1)
     assert fast.trainer.limit_train_batches == 3
     full = cfg_factory("method=autohyper", "network=lenet5", fast=False)
     assert (full.method.max_trials, full.method.trial_epochs) == (200, 5)
@@ -138,9 +138,9 @@ def test_debug_fast_bounds_the_search(cfg_factory):
 
 
 def test_debug_fast_search_does_a_few_batches_of_work(cfg_factory, monkeypatch):
-    """Under debug=fast the run is 2 trials x 1 epoch x 3 batches, then 1 epoch x 3 batches of training.
+    """Under debug=fast the run is 1 trial of 1 epoch x 3 batches, then 1 epoch x 3 batches of training.
 
-    The trials validate every epoch but run no test pass (the search reads Z alone); the final training tests.
+    A trial validates every epoch but runs no test pass (the search reads Z alone); the final training tests.
     """
     phases: list[tuple[str, int]] = []
     passes: list[tuple[str, str]] = []
@@ -159,7 +159,7 @@ def test_debug_fast_search_does_a_few_batches_of_work(cfg_factory, monkeypatch):
     monkeypatch.setattr(Trainer, "fit", counting_fit)
     monkeypatch.setattr(Trainer, "evaluate", counting_evaluate)
     results = run(cfg_factory("method=autohyper", "network=lenet5"))
-    assert results["autohyper_trials"] == 2 and results["autohyper_trial_epochs"] == 2
-    assert phases == [("trial-0", 3), ("trial-1", 3), ("train", 3)]
-    assert passes == [("trial-0", "val"), ("trial-1", "val"), ("train", "val"), ("train", "test")]
+    assert results["autohyper_trials"] == 1 and results["autohyper_trial_epochs"] == 1
+    assert phases == [("trial-0", 3), ("train", 3)]
+    assert passes == [("trial-0", "val"), ("train", "val"), ("train", "test")]
     assert math.isfinite(results["test_acc"])
