@@ -27,7 +27,7 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --timeout=3600
 
 # starts (installing if needed) a one-node SLURM on localhost, then runs the tests marked slurm
 test-slurm: $(STAMP)

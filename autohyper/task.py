@@ -46,8 +46,7 @@ from common.engine import NonFiniteLossError, RunContext, Trainer
 from common.factory import build_optimizer, build_scheduler, make_data, make_model
 from common.io import write_json_atomic, write_text_atomic
 from common.logging import RunLogger
-from common.method import Method, MethodConfig, option
-from common.models import available_models, network_info
+from common.method import Method, MethodConfig, is_image_network, option
 from common.seeding import seed_everything
 from common.task import train_model
 
@@ -370,7 +369,7 @@ def supports(network: str) -> bool:
     Not the LSTM: its recurrent weights are not layers of the paper's metrics, and its only Linear layer, the
     regression head (``horizon x hidden``, one row by default), always has EVBMF rank 0, so Z would stay 1.
     """
-    return network in available_models() and network_info(network).input_kind == "image"
+    return is_image_network(network)
 
 
 METHOD = Method(

@@ -302,6 +302,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         use_scaler = self.amp and self.device.type == "cuda" and self.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self._scale = self.scaler.get_scale() if use_scaler else 1.0
         # NaN checks cost a host sync on CUDA: every step on CPU (free), at log points on CUDA; with several
         # processes it is a collective, so all ranks check at the same (log) steps
         self.check_every = 1 if self.device.type == "cpu" and not self.dist.enabled else self.log_every_steps
@@ -356,6 +357,13 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.scaler.is_enabled():
+            # GradScaler skips the step when the scaled gradients overflow and halves the scale: a scale that
+            # fell means a skipped step. Reading it is one host sync per step, paid under fp16 only.
+            scale = self.scaler.get_scale()
+            if scale < self._scale:
+                self._amp_skipped += 1
+            self._scale = scale
         return loss.detach(), out.detach()
 
     def _global_sums(self) -> dict[str, Any]:
@@ -376,6 +384,8 @@ class Trainer:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._seen = 0
+        # optimizer steps GradScaler skipped this epoch (fp16 overflow), counted on this rank
+        self._amp_skipped = 0
 
     def _batches_per_epoch(self) -> int:
         n = len(self.data.train)
@@ -405,6 +415,7 @@ class Trainer:
                 "loss_sum": self._loss_sum.cpu(),
                 "correct": self._correct.cpu(),
                 "seen": self._seen,
+                "amp_skipped": self._amp_skipped,
             },
             "history": self.history,
             "best": self.best,
@@ -430,6 +441,9 @@ class Trainer:
         self._loss_sum = sums["loss_sum"].to(self.device)
         self._correct = sums["correct"].to(self.device)
         self._seen = int(sums["seen"])
+        self._amp_skipped = int(sums.get("amp_skipped", 0))
+        if self.scaler.is_enabled():
+            self._scale = self.scaler.get_scale()
         if not self.dist.is_main:  # the checkpoint holds the sums over all ranks: rank 0 carries them on
             self._reset_sums()
         set_rng_state(state["rng"])
@@ -618,6 +632,14 @@ class Trainer:
         metrics["train_loss"] = sums["loss_sum"].item() / max(1, sums["seen"])
         if self.task == "classification":
             metrics["train_acc"] = sums["correct"].item() / max(1, sums["seen"])
+        if self.scaler.is_enabled():
+            metrics["amp_skipped_steps"] = self._amp_skipped
+            if self._amp_skipped > 0.1 * self._batches_per_epoch():
+                log.warning(
+                    "AMP fp16: %d of %d steps of epoch %d were skipped (the scaled gradients overflowed); "
+                    "trainer.amp_dtype=bfloat16 has fp32's range and needs no loss scaling",
+                    self._amp_skipped, self._batches_per_epoch(), self.epoch + 1,
+                )  # fmt: skip
         self._tick()
         last = self.epoch + 1 == self.epochs
         if self.data.val is not None and ((self.epoch + 1) % self.eval_every_epochs == 0 or last):
@@ -628,7 +650,10 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.history.append(metrics)
-        self.ctx.logger.log(metrics, step=self.global_step)
+        # a method of several phases logs into one metrics.jsonl whose epochs restart at each phase: say which
+        self.ctx.logger.log(
+            metrics if self.phase == "train" else {**metrics, "phase": self.phase}, step=self.global_step
+        )
         log.info(
             "%s epoch %d/%d  %s",
             self.phase,

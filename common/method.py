@@ -145,6 +145,24 @@ def network_names() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "network").glob("*.yaml"))
 
 
+def network_input_kind(network: str) -> str | None:
+    """``input_kind`` of ``conf/network/<network>.yaml`` ("image" or "sequence"); None for a name without one.
+
+    The yaml is what ``network=`` composes, and ``build_model`` checks it against the registry, so the methods'
+    ``supports`` read it here rather than each keeping its own list.
+    """
+    path = CONF_DIR / "network" / f"{network}.yaml"
+    if not path.is_file():
+        return None
+    kind = OmegaConf.load(path).get("input_kind")
+    return None if kind is None else str(kind)
+
+
+def is_image_network(network: str) -> bool:
+    """Whether ``network`` takes images ``(N, C, H, W)`` (every network here but the sequence nets)."""
+    return network_input_kind(network) == "image"
+
+
 def load_method(plugin: str) -> Method:
     """Import ``<module>:<attribute>`` and return the :class:`Method` it names.
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.config import ConfigError
 from common.logging import progress
 from common.metrics import count_macs
 from ecc.prune import slim_to_widths, width_chain
@@ -35,8 +36,10 @@ from ecc.prune import slim_to_widths, width_chain
 log = logging.getLogger(__name__)
 
 
-class CostBackendUnavailable(RuntimeError):
-    """The cost backend cannot run on this machine (the message says why and what to use instead)."""
+class CostBackendUnavailable(ConfigError, RuntimeError):
+    """The cost backend cannot run on this machine (the message says why and what to use instead).
+
+    A :class:`~common.config.ConfigError`: ``python -m launch`` prints it as one ``error:`` line, no traceback."""
 
 
 class CostBackend:

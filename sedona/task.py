@@ -10,10 +10,7 @@ Their options are typed and checked by :mod:`sedona.options` (values in ``conf/m
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-
-from common.config import CONF_DIR
-from common.method import Method
+from common.method import Method, is_image_network
 from sedona.greedy_training import train_greedy
 from sedona.meta_search import run_search
 from sedona.options import SedonaConfig, SedonaSearchConfig
@@ -27,8 +24,7 @@ def supports(network: str) -> bool:
     A decoupled net needs two units or more and class labels for its local heads. The sequence nets
     (``input_kind: sequence``, the LSTM regressor) are one recurrent unit and a regression head: nothing to cut.
     """
-    path = CONF_DIR / "network" / f"{network}.yaml"
-    return path.is_file() and OmegaConf.load(path).get("input_kind") == "image"
+    return is_image_network(network)
 
 
 METHOD = Method(

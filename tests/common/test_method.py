@@ -9,7 +9,17 @@ import pytest
 from omegaconf import OmegaConf
 
 from common.config import ConfigError
-from common.method import Method, MethodConfig, configure_method, load_method, network_names, option
+from common.method import (
+    Method,
+    MethodConfig,
+    configure_method,
+    is_image_network,
+    load_method,
+    network_input_kind,
+    network_names,
+    option,
+)
+from common.models import available_models, network_info
 
 
 def _run(cfg, ctx):  # pragma: no cover - never run here
@@ -139,3 +149,13 @@ def test_every_method_yaml_passes_its_schema(tmp_path):
         if cfg.network.name not in supported:
             cfg = compose_config(f"method={name}", f"network={supported[0]}", output_dir=tmp_path / name)
         assert configure_method(cfg) is method
+
+
+def test_network_input_kind_reads_the_yaml_and_agrees_with_the_registry():
+    kinds = {name: network_input_kind(name) for name in network_names()}
+    assert set(kinds.values()) == {"image", "sequence"}
+    for name, kind in kinds.items():
+        if name in available_models():
+            assert kind == network_info(name).input_kind, name
+        assert is_image_network(name) == (kind == "image")
+    assert network_input_kind("no_such_net") is None and not is_image_network("no_such_net")

@@ -124,3 +124,39 @@ def test_pipeline_is_drained_before_a_checkpoint_and_resumes_exactly(cfg_factory
     assert state["epoch_sums"]["seen"] == state["batch"] * cfg.dataset.batch_size
     resumed = _pipelined(cfg, tmp_path / "run").fit()
     assert _comparable(resumed) == _comparable(reference)
+
+
+def test_steps_skipped_by_the_fp16_loss_scaler_are_counted_and_logged(cfg_factory, tmp_path, caplog):
+    """GradScaler (fp16 on CUDA) skips a step whose scaled gradients overflow: the Trainer counts them per epoch.
+
+    On the CPU the Trainer never enables the scaler, so the test puts in an enabled CPU scaler at the largest
+    power-of-two scale and a loss 100 times larger: the scaled gradients overflow, and the scale halves after each
+    skipped step until they are finite again.
+    """
+    cfg = cfg_factory("trainer.epochs=2", "trainer.limit_train_batches=6", "trainer.limit_eval_batches=1")
+    model, opt, data, ctx = _parts(cfg, tmp_path / "a")
+    trainer = Trainer.from_config(cfg, model, opt, data, ctx)
+    assert not trainer.scaler.is_enabled()  # fp32 on the CPU: nothing to count, no key
+    loss_fn = trainer.loss_fn
+    trainer.loss_fn = lambda out, y: 100.0 * loss_fn(out, y)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, backoff_factor=0.5, enabled=True)
+    trainer._scale = trainer.scaler.get_scale()
+    before = [p.detach().clone() for p in model.parameters()]
+    skipped = []
+    real_step = opt.step
+
+    def spy_step(*args, **kwargs):
+        skipped.append(False)
+        return real_step(*args, **kwargs)
+
+    opt.step = spy_step
+    with caplog.at_level("WARNING", logger="common.engine"):
+        trainer.fit()
+    first, second = trainer.history
+    ran = len(skipped)  # GradScaler calls optimizer.step only for the steps it does not skip
+    total = first["amp_skipped_steps"] + second["amp_skipped_steps"]
+    assert 0 < total == 12 - ran < 12
+    # no growth within 12 steps (growth_interval 2000): the scale halved once per skipped step, exactly
+    assert trainer.scaler.get_scale() == 2.0**127 * 0.5**total
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert any("were skipped" in r.getMessage() and "bfloat16" in r.getMessage() for r in caplog.records)

@@ -58,6 +58,25 @@ def test_optimizer_ecco_auto_limiting_works_with_method_train(cfg_factory, monke
     assert len(opt.limited_layers) == 2  # the MLP's two hidden Linear layers feed a ReLU
 
 
+def test_the_default_ecco_config_is_not_in_the_capped_regime(cfg_factory, monkeypatch, caplog):
+    """optimizer=ecco's defaults must let eta act: the paper's 0.3 capped every step (ECCO = SGD at lr dt_max)."""
+    built = []
+    real_init = ecco_optimizer.ECCO.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(ecco_optimizer.ECCO, "__init__", spy)
+    # the default job (MLP on digits, batch 32) for 4 epochs of 40 steps: the capping report comes after 100
+    with caplog.at_level("INFO", logger="ecco.optimizer"):
+        run(cfg_factory("optimizer=ecco", "trainer.epochs=4", "trainer.limit_train_batches=null"))
+    (opt,) = built
+    assert opt.capped_fraction() < 0.9
+    assert any("hit the cap" in r.getMessage() for r in caplog.records)
+    assert not any("eta has no effect" in r.getMessage() for r in caplog.records)
+
+
 def test_robustness_study_finishes_and_does_not_rerun_finished_draws(cfg_factory, tmp_path, monkeypatch):
     overrides = (
         "method=ecco_robustness",
