@@ -110,12 +110,21 @@ def _launcher(tmp_path: Path, **request) -> WatchedSlurmLauncher:
     return launcher
 
 
+def _base_class() -> type:
+    """The submitit launcher base class that ``WatchedSlurmLauncher`` really inherits from.
+
+    Not ``hydra_plugins.hydra_submitit_launcher.submitit_launcher.BaseSubmititLauncher`` as read now: Hydra's
+    plugin discovery (any earlier test that composed a config in this process) re-executes that module, which
+    rebinds the name to a new class, so patching it would miss and the real submit-and-wait would run (and wait
+    forever for the fake job 42).
+    """
+    return next(c for c in WatchedSlurmLauncher.__mro__ if c.__name__ == "BaseSubmititLauncher")
+
+
 @pytest.fixture
 def fake_base_launch(monkeypatch, fake_slurm):
     """Replace the base class's submit-and-wait: it records job 42_0 as submitit does, then waits until the job is
     cancelled (fake scancel) or ``finish_after`` seconds have passed, and returns ``["done"]``."""
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
-
     state = {"finish_after": 30.0}
     stop = threading.Event()
 
@@ -130,7 +139,7 @@ def fake_base_launch(monkeypatch, fake_slurm):
             time.sleep(0.05)
         return ["done"]
 
-    monkeypatch.setattr(submitit_launcher.BaseSubmititLauncher, "launch", launch)
+    monkeypatch.setattr(_base_class(), "launch", launch)
     yield state
     stop.set()
 
@@ -380,12 +389,10 @@ def test_sbatch_refusal_is_one_line_and_submitit_s_copy_of_it_is_not_printed(tmp
 
 
 def test_other_errors_of_the_base_class_pass_through(tmp_path, fake_slurm, monkeypatch):
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
-
     def launch(self, job_overrides, initial_job_idx):
         raise ValueError("a bug")
 
-    monkeypatch.setattr(submitit_launcher.BaseSubmititLauncher, "launch", launch)
+    monkeypatch.setattr(_base_class(), "launch", launch)
     with pytest.raises(ValueError, match="a bug"):
         _launcher(tmp_path).launch([["a"]], 0)
 

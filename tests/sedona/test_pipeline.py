@@ -266,17 +266,31 @@ def test_one_block_runs_the_sequential_trainer(cfg_factory):
     assert results["steps"] == 10
 
 
+@pytest.fixture
+def restore_determinism():
+    """trainer.deterministic=true sets process-wide torch flags: put them back for the tests that follow."""
+    algorithms = torch.are_deterministic_algorithms_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(algorithms)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_pipeline_with_amp(cfg_factory, tmp_path):
+def test_cuda_pipeline_with_amp(cfg_factory, tmp_path, restore_determinism, monkeypatch):
     devices = "[cuda:0,cuda:1]" if torch.cuda.device_count() > 1 else "[cuda:0,cuda:0]"
     common = (*SHORT, "method.num_blocks=3", "trainer.device=cuda:0", "method.ensemble=2")
     amp = run(cfg_factory(*common, "trainer.amp=true", f"method.devices={devices}", name="amp"))
     assert math.isfinite(amp["test_loss"]) and amp["steps"] == 10
     state = load_verified(tmp_path / "amp" / "checkpoints" / "last.pt")
     assert len(state["extra"]["block_scalers"]["blocks"]) == 3
-    # without AMP the pipeline equals the sequential trainer up to cuDNN's non-determinism
-    seq = run(cfg_factory(*common, name="seq"))
-    pipe = run(cfg_factory(*common, f"method.devices={devices}", name="pipe"))
-    assert pipe["train_loss"] == pytest.approx(seq["train_loss"], rel=1e-3)
-    assert pipe["test_loss"] == pytest.approx(seq["test_loss"], rel=1e-3)
+    # Without AMP the pipeline computes what the sequential trainer computes, in the same order per block. On an
+    # H200 the two differed by 2.1e-3 (relative train loss) with cuDNN's default (non-deterministic) kernels, so
+    # both run with deterministic kernels here: what remains would be a real ordering difference.
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    det = (*common, "trainer.deterministic=true")
+    seq = run(cfg_factory(*det, name="seq"))
+    pipe = run(cfg_factory(*det, f"method.devices={devices}", name="pipe"))
+    assert pipe["train_loss"] == pytest.approx(seq["train_loss"], rel=1e-5)
+    assert pipe["test_loss"] == pytest.approx(seq["test_loss"], rel=1e-5)
