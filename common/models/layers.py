@@ -43,6 +43,19 @@ class BlockNet(nn.Module):
         return x
 
 
+def shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """A post-activation residual block's shortcut: the identity, or a strided 1x1 conv + BN when the shape changes.
+
+    The projection's children are ``0`` (conv) and ``1`` (BN), the layout of the usual ResNet checkpoints.
+    """
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
 def conv_unit(
     in_channels: int,
     out_channels: int,

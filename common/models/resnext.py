@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.models.layers import BlockNet, classifier_head, conv_unit, init_weights
+from common.models.layers import BlockNet, classifier_head, conv_unit, init_weights, shortcut
 
 STAGE_OUT = (256, 512, 1024)
 STAGE_STRIDES = (1, 2, 2)
@@ -34,12 +34,7 @@ class ResNeXtBlock(nn.Module):
         self.conv3 = nn.Conv2d(inner, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Applies the block."""
