@@ -36,6 +36,10 @@ from common.seeding import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
+# Schedule-Free evaluation: training batches that recompute BatchNorm statistics for the averaged weights
+BN_REFRESH_BATCHES = 50
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint was kept."""
@@ -272,6 +276,11 @@ class Trainer:
             else model
         )
         self.optimizer = optimizer
+        # Schedule-Free optimizers (and any with the same interface) step one sequence of weights and evaluate
+        # another: optimizer.eval() swaps the evaluation weights in, optimizer.train() swaps them back
+        self.averaged = callable(getattr(optimizer, "eval", None)) and callable(
+            getattr(optimizer, "train", None)
+        )
         self.data = data
         self.ctx = ctx
         self.device = ctx.device
@@ -510,6 +519,8 @@ class Trainer:
         """
         self._try_resume()
         self.model.train()
+        if self.averaged:
+            self.optimizer.train()
         with self._graceful_stop():
             self._clock = time.monotonic()
             while self.epoch < self.epochs:
@@ -643,9 +654,10 @@ class Trainer:
         self._tick()
         last = self.epoch + 1 == self.epochs
         if self.data.val is not None and ((self.epoch + 1) % self.eval_every_epochs == 0 or last):
-            metrics.update(self.evaluate(self.data.val, "val"))
-            if self.select == "best_val":
-                self._keep_if_best(metrics)
+            with self._evaluation_weights():
+                metrics.update(self.evaluate(self.data.val, "val"))
+                if self.select == "best_val":
+                    self._keep_if_best(metrics)
         metrics["time_s"] = self.elapsed
         if self.scheduler is not None:
             self.scheduler.step()
@@ -670,6 +682,36 @@ class Trainer:
             recent = self.dist.broadcast_flag(recent, self.device)
         if self.epoch == self.epochs or not recent:
             self.save()
+
+    @contextlib.contextmanager
+    def _evaluation_weights(self):
+        """The weights to evaluate: for a Schedule-Free optimizer its averaged sequence, with BatchNorm statistics
+        of those weights (a few training batches, no gradients), then back to the training sequence."""
+        if not self.averaged:
+            yield
+            return
+        self._enter_evaluation_weights()
+        try:
+            yield
+        finally:
+            self.optimizer.train()
+
+    def _enter_evaluation_weights(self) -> None:
+        self.optimizer.eval()
+        norms = [m for m in self.model.modules() if isinstance(m, _BATCH_NORMS)]
+        if not any(m.track_running_stats for m in norms):
+            return
+        # the running statistics were gathered with the training weights: recompute them for the averaged ones
+        # (as the Schedule-Free authors advise), over at most BN_REFRESH_BATCHES of this epoch's batches
+        batches = min(BN_REFRESH_BATCHES, self._batches_per_epoch())
+        was_training = self.model.training
+        self.model.train()
+        with torch.no_grad(), autocast(self.device, self.amp, self.amp_dtype):
+            for i, (x, _) in enumerate(self.data.train.epoch_iter(self.epoch)):
+                if i >= batches:
+                    break
+                self.net(x)
+        self.model.train(was_training)
 
     def _keep_if_best(self, metrics: Mapping[str, Any]) -> None:
         # accuracy for classification (higher is better), loss otherwise; ties keep the earlier epoch
@@ -704,6 +746,9 @@ class Trainer:
             # test the selected weights; the model is left holding them (what a caller saves next)
             self.model.load_state_dict(self.best["model"])
             final["selected_epoch"] = float(self.best["epoch"])
+        elif self.averaged:
+            # a Schedule-Free run ends on its averaged weights: tested here, and what a caller saves next
+            self._enter_evaluation_weights()
         final.update(self.evaluate(self.data.test, "test"))
         final["epochs"] = self.epoch
         final["steps"] = self.global_step
