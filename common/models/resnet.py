@@ -7,7 +7,7 @@ from torch import nn
 
 from common.models.layers import BlockNet, classifier_head, conv_unit, init_weights, shortcut
 
-STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_WIDTHS = (64, 128, 256, 512)  # at width=64, the paper net
 STAGE_STRIDES = (1, 2, 2, 2)
 
 
@@ -48,17 +48,23 @@ class CifarResNet(BlockNet):
         num_blocks: Residual blocks per stage (four stages).
         in_channels: Input channels.
         num_classes: Number of outputs.
+        width: Channels of the stem and first stage (64: the paper net); the stages double it, as at 64.
     """
 
-    def __init__(self, num_blocks: tuple[int, int, int, int], in_channels: int, num_classes: int) -> None:
+    def __init__(
+        self, num_blocks: tuple[int, int, int, int], in_channels: int, num_classes: int, width: int = 64
+    ) -> None:
         super().__init__()
-        self.stem = conv_unit(in_channels, STAGE_WIDTHS[0], 3)
-        prev = STAGE_WIDTHS[0]
-        for stage, (n, width, stride) in enumerate(zip(num_blocks, STAGE_WIDTHS, STAGE_STRIDES), start=1):
+        if width < 1:
+            raise ValueError(f"ResNet width must be >= 1, got {width}")
+        widths = [w * width // STAGE_WIDTHS[0] for w in STAGE_WIDTHS]
+        self.stem = conv_unit(in_channels, widths[0], 3)
+        prev = widths[0]
+        for stage, (n, stage_width, stride) in enumerate(zip(num_blocks, widths, STAGE_STRIDES), start=1):
             blocks = []
             for i in range(n):
-                blocks.append(BasicBlock(prev, width, stride if i == 0 else 1))
-                prev = width
+                blocks.append(BasicBlock(prev, stage_width, stride if i == 0 else 1))
+                prev = stage_width
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
         self.head = classifier_head(prev, num_classes)
         init_weights(self)
@@ -68,27 +74,29 @@ class CifarResNet(BlockNet):
         return [self.stem, *self.layer1, *self.layer2, *self.layer3, *self.layer4, self.head]
 
 
-def build_resnet18(num_classes: int, in_channels: int) -> CifarResNet:
+def build_resnet18(num_classes: int, in_channels: int, width: int = 64) -> CifarResNet:
     """Builds the CIFAR ResNet-18 (BasicBlocks [2, 2, 2, 2]).
 
     Args:
         num_classes: Number of outputs.
         in_channels: Input channels.
+        width: Channels of the first stage (64: the paper net; 16: a narrow net for CPUs).
 
     Returns:
         The network.
     """
-    return CifarResNet((2, 2, 2, 2), in_channels, num_classes)
+    return CifarResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
-def build_resnet34(num_classes: int, in_channels: int) -> CifarResNet:
+def build_resnet34(num_classes: int, in_channels: int, width: int = 64) -> CifarResNet:
     """Builds the CIFAR ResNet-34 (BasicBlocks [3, 4, 6, 3]).
 
     Args:
         num_classes: Number of outputs.
         in_channels: Input channels.
+        width: Channels of the first stage (64: the paper net; 16: a narrow net for CPUs).
 
     Returns:
         The network.
     """
-    return CifarResNet((3, 4, 6, 3), in_channels, num_classes)
+    return CifarResNet((3, 4, 6, 3), in_channels, num_classes, width)

@@ -111,6 +111,8 @@ def test_optimizer_and_scheduler_targets_instantiate(optimizer, scheduler, tmp_p
         assert sched is None
     else:
         params[0].grad = torch.ones(3)
+        if callable(getattr(opt, "train", None)):  # Schedule-Free: steps only in its training mode
+            opt.train()
         for _ in range(12):
             opt.step()
             sched.step()

@@ -279,3 +279,16 @@ def test_config_instantiates(name: str) -> None:
         with torch.no_grad():
             out = model.eval()(_input(name, size=32))
         assert out.shape == (2, 10)
+
+
+def test_resnet_width_scales_every_stage():
+    from common.models import build_model
+
+    narrow = build_model("resnet18", num_classes=10, in_channels=3, image_size=32, width=16)
+    full = build_model("resnet18", num_classes=10, in_channels=3, image_size=32)
+    assert [narrow.stem.conv.out_channels, narrow.layer4[0].conv1.out_channels] == [16, 128]
+    assert [full.stem.conv.out_channels, full.layer4[0].conv1.out_channels] == [64, 512]
+    # the convolutions hold ~all weights: a quarter of the width is ~1/16 of the parameters
+    ratio = sum(p.numel() for p in narrow.parameters()) / sum(p.numel() for p in full.parameters())
+    assert 1 / 17 < ratio < 1 / 15
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
