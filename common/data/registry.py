@@ -70,6 +70,7 @@ def _path_of(builder: Builder | str) -> str:
 
 register_dataset("digits", "common.data.digits:build_digits")
 register_dataset("synthetic", "common.data.synthetic:build_synthetic")
+register_dataset("shapes", "common.data.shapes:build_shapes")
 register_dataset("mnist", "common.data.vision:build_mnist")
 register_dataset("cifar10", "common.data.vision:build_cifar10")
 register_dataset("cifar100", "common.data.vision:build_cifar100")

@@ -29,6 +29,7 @@ ALL_NAMES = [
     "household_power",
     "imagenet",
     "mnist",
+    "shapes",
     "synthetic",
     "tiny_imagenet",
 ]
@@ -207,7 +208,7 @@ def test_available_datasets_and_configs():
         for key in ("num_classes", "in_channels", "image_size", "batch_size", "eval_batch_size", "augment"):
             assert key in cfg, (name, key)
         assert (cfg["image_size"] is None) == (cfg["kind"] == "sequence")
-        if name not in ("digits", "synthetic"):
+        if name not in ("digits", "shapes", "synthetic"):
             assert cfg["download"] is False
 
 

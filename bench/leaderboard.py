@@ -1,0 +1,446 @@
+"""Which method saves the most tuning, at what accuracy? Every contender on one harness, one data set, one budget.
+
+    .venv/bin/python -m bench.leaderboard [--smoke] [--networks lenet5,resnet18:16] [--seeds 0,1,2] [--epochs 15]
+        [--grid 0.003,0.01,0.03,0.1,0.3] [--dataset shapes] [--out outputs/leaderboard]
+
+Every contender trains ``--epochs`` epochs (E) of ``python -m launch``'s own job (the same data, batch size,
+seeds and Trainer), on each network and seed; what differs is how its learning rate was chosen and what that cost
+before the final training, in trial-epochs (epochs of training spent on choosing) and seconds:
+
+* ``grid (oracle)``: SGD-momentum + cosine at every LR of ``--grid``; the best by validation accuracy is kept
+  (cost: grid size x E; the final run is one of the grid's);
+* ``optuna TPE`` / ``random search``: ``hydra/sweeper=optuna`` over a log-uniform LR in [min grid, max grid],
+  trials of autoHyper's trial length, as many as the trial-epochs autoHyper (default mode) spent on that seed;
+  then a final run at the best LR (by validation);
+* ``LR range test``: torch-lr-finder's range test (its defaults: 100 steps up to lr 10) and its suggestion;
+* ``autoHyper`` (default mode) and ``autoHyper (paper)``: ``method=autohyper`` (search + final training);
+* ``HD`` and ``MARTHE`` (``method=adatune``) from the default LR; ``ECCO`` (``optimizer=ecco``);
+* ``Schedule-Free SGD/AdamW``, ``Prodigy``, ``D-Adapt Adam``, ``Adam 1e-3`` at their defaults.
+
+Selection reads the validation split only; each contender's test accuracy is that of its final run. Runs are
+folders under ``--out``: running the command again reuses every finished one (and resumes an interrupted one).
+It writes ``leaderboard.csv`` / ``.md`` (mean +- std over seeds per contender and network), ``runs.csv`` (one
+row per run) and ``leaderboard.png`` (test accuracy against tuning cost, one panel per network, seed spread as
+error bars, the Pareto front marked). ``--smoke``: the whole path on a tiny set in about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from common.config import CONF_DIR, REPO_ROOT
+
+log = logging.getLogger("bench.leaderboard")
+
+
+@dataclass
+class Run:
+    """One contender's final run on one network and seed, and what choosing its setting cost."""
+
+    contender: str
+    network: str
+    seed: int
+    test_acc: float
+    val_acc: float
+    lr: float | None
+    tuning_epochs: float
+    tuning_s: float
+    train_s: float
+    default: bool
+    folder: str = ""
+
+
+@dataclass
+class Setting:
+    """What one bench run is: data, networks, seeds, budget; where its folders go."""
+
+    out: Path
+    dataset: list[str]
+    networks: list[str]
+    seeds: list[int]
+    epochs: int
+    grid: list[float]
+    extra: list[str] = field(default_factory=list)  # overrides of every run (--smoke: few batches)
+    autohyper: list[str] = field(default_factory=list)  # overrides of autoHyper's runs (--smoke: one trial)
+
+
+def network_overrides(spec: str) -> tuple[str, list[str]]:
+    """``resnet18:16`` -> ("resnet18-w16", ["network=resnet18", "network.width=16"]); ``lenet5`` -> as is."""
+    name, _, width = spec.partition(":")
+    if width:
+        return f"{name}-w{width}", [f"network={name}", f"network.width={width}"]
+    return name, [f"network={name}"]
+
+
+def compose_cfg(overrides: Sequence[str], output_dir: Path):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(
+                config_name="config",
+                overrides=[
+                    "logger=none",
+                    "trainer.progress=false",
+                    f"paths.output_dir={output_dir}",
+                    *overrides,
+                ],
+            )
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def train(setting: Setting, folder: Path, overrides: Sequence[str]) -> tuple[dict, float]:
+    """``python -m launch <overrides>`` in-process into ``folder``; (results, seconds). A finished folder is
+    returned as it is (its seconds: the training time it recorded)."""
+    from launch.run import run
+
+    cfg = compose_cfg([*setting.dataset, *setting.extra, *overrides], folder)
+    finished = (folder / "results.json").exists()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = run(cfg)
+    secs = time.perf_counter() - start
+    if finished:
+        secs = float(results.get("train_time_s", 0.0))
+    return results, secs
+
+
+def final_lr(folder: Path) -> float | None:
+    """The optimizer's configured LR of a finished run (its ``config_resolved.yaml``)."""
+    from omegaconf import OmegaConf
+
+    path = folder / "config_resolved.yaml"
+    if not path.exists():
+        return None
+    lr = OmegaConf.select(OmegaConf.load(path), "optimizer.lr")
+    return None if lr is None else float(lr)
+
+
+# ------------------------------------------------------------------------------------------------ contenders
+def defaults_contender(name: str, overrides: Sequence[str]) -> Callable[[Setting, str, list[str], int], Run]:
+    def contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> Run:
+        folder = setting.out / net / slug(name) / str(seed)
+        res, secs = train(
+            setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}", *overrides]
+        )
+        lr = res.get("autohyper_lr") or final_lr(folder)
+        return Run(name, net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, secs, True, str(folder))
+
+    return contender
+
+
+def grid_contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> Run:
+    runs = []
+    for lr in setting.grid:
+        folder = setting.out / net / "grid" / str(seed) / f"lr{lr:g}"
+        res, secs = train(setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
+                                            "optimizer=sgd_momentum", "scheduler=cosine", f"optimizer.lr={lr}"])  # fmt: skip
+        runs.append((res["val_acc"], -lr, lr, res, secs, folder))
+    _, _, lr, best, _, folder = max(runs, key=lambda r: (r[0], r[1]))  # ties: the smaller LR
+    cost_s = sum(r[4] for r in runs)
+    return Run("grid (oracle)", net, seed, best["test_acc"], best["val_acc"], lr,
+               len(setting.grid) * setting.epochs, cost_s, 0.0, False, str(folder))  # fmt: skip
+
+
+def autohyper_contender(mode: str) -> Callable[[Setting, str, list[str], int], Run]:
+    name = "autoHyper" if mode == "improved" else "autoHyper (paper)"
+
+    def contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> Run:
+        folder = setting.out / net / slug(name) / str(seed)
+        res, secs = train(setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
+                                            "method=autohyper", f"method.mode={mode}", *setting.autohyper])  # fmt: skip
+        trial_epochs = res["autohyper_trials"] * res["autohyper_trial_epochs"]
+        search_s = res["autohyper_search_s"]
+        return Run(name, net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"], trial_epochs, search_s,
+                   max(0.0, secs - search_s), False, str(folder))  # fmt: skip
+
+    return contender
+
+
+def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], Run]:
+    name = "optuna TPE" if sampler == "tpe" else "random search"
+
+    def contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> Run:
+        # the same trial budget as autoHyper's default mode on this seed (it runs first: its folder is reused)
+        ah = autohyper_contender("improved")(setting, net, net_ov, seed)
+        ah_res = json.loads((Path(ah.folder) / "results.json").read_text())
+        trial_epochs = max(1, int(ah_res["autohyper_trial_epochs"]))
+        n_trials = max(1, round(ah.tuning_epochs / trial_epochs))
+        sweep = setting.out / net / slug(name) / str(seed) / "search"
+        start = time.perf_counter()
+        if not (sweep / "optuna_best.json").exists():
+            low, high = min(setting.grid), max(setting.grid)
+            proc = subprocess.run(
+                [sys.executable, "-m", "launch", "-m", "hydra/sweeper=optuna",
+                 f"optimizer.lr=tag(log, interval({low}, {high}))", f"hydra.sweeper.n_trials={n_trials}",
+                 f"hydra.sweeper.sampler={sampler}", f"hydra.sweeper.seed={seed}",
+                 "hydra.sweeper.n_startup_trials=3", f"hydra.sweep.dir={sweep}", "logger=none",
+                 "trainer.progress=false", *setting.dataset, *setting.extra, *net_ov, f"seed={seed}",
+                 f"trainer.epochs={trial_epochs}", "optimizer=sgd_momentum", "scheduler=cosine"],
+                cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            )  # fmt: skip
+            if not (sweep / "optuna_best.json").exists():
+                raise RuntimeError(f"{name} on {net} seed {seed} found nothing:\n{proc.stderr[-3000:]}")
+        search_s = time.perf_counter() - start
+        best = json.loads((sweep / "optuna_best.json").read_text())
+        lr = float(best["params"]["optimizer.lr"])
+        folder = setting.out / net / slug(name) / str(seed) / "final"
+        res, secs = train(setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
+                                            "optimizer=sgd_momentum", "scheduler=cosine", f"optimizer.lr={lr!r}"])  # fmt: skip
+        return Run(name, net, seed, res["test_acc"], res["val_acc"], lr, n_trials * trial_epochs, search_s, secs,
+                   False, str(folder))  # fmt: skip
+
+    return contender
+
+
+def lr_range_test_contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> Run:
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch_lr_finder import LRFinder
+
+    from common.factory import build_optimizer, make_data, make_model
+    from common.seeding import seed_everything
+
+    name = "LR range test"
+    folder = setting.out / net / slug(name) / str(seed)
+    record = folder / "range_test.json"
+    if record.exists():
+        found = json.loads(record.read_text())
+    else:
+        cfg = compose_cfg([*setting.dataset, *setting.extra, *net_ov, f"seed={seed}", "optimizer=sgd_momentum"],
+                          folder / "range")  # fmt: skip
+        device = torch.device("cpu")
+        start = time.perf_counter()
+        data = make_data(cfg, device)
+        xs, ys = zip(*data.train.epoch_iter(0))
+        x, y = torch.cat(xs), torch.cat(ys)
+        seed_everything(seed)
+        model = make_model(cfg, data, device)
+        # the package's README example: the optimizer at a tiny LR, its range test up to lr 10 over 100 steps
+        optimizer = build_optimizer(cfg.optimizer, model, lr=1e-7)
+        loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.dataset.batch_size), shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        finder = LRFinder(model, optimizer, torch.nn.CrossEntropyLoss(), device="cpu")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            finder.range_test(loader, end_lr=10, num_iter=100)
+            ax, lr = finder.plot(suggest_lr=True)
+        plt.close(ax.figure)
+        steps = len(finder.history["lr"])
+        found = {"lr": None if lr is None else float(lr), "steps": steps,
+                 "steps_per_epoch": len(data.train), "seconds": time.perf_counter() - start}  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(found, indent=2))
+    if found["lr"] is None:
+        raise RuntimeError(f"{name} on {net} seed {seed}: torch-lr-finder made no suggestion")
+    res, secs = train(setting, folder / "final", [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
+                                                  "optimizer=sgd_momentum", "scheduler=cosine",
+                                                  f"optimizer.lr={found['lr']!r}"])  # fmt: skip
+    return Run(name, net, seed, res["test_acc"], res["val_acc"], found["lr"],
+               found["steps"] / found["steps_per_epoch"], found["seconds"], secs, False, str(folder / "final"))  # fmt: skip
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+CONTENDERS: dict[str, Callable[[Setting, str, list[str], int], Run]] = {
+    "grid (oracle)": grid_contender,
+    "autoHyper": autohyper_contender("improved"),
+    "autoHyper (paper)": autohyper_contender("paper"),
+    "optuna TPE": optuna_contender("tpe"),
+    "random search": optuna_contender("random"),
+    "LR range test": lr_range_test_contender,
+    "HD": defaults_contender("HD", ["method=adatune", "method.algorithm=hd"]),
+    "MARTHE": defaults_contender("MARTHE", ["method=adatune", "method.algorithm=marthe"]),
+    "ECCO": defaults_contender("ECCO", ["optimizer=ecco"]),
+    "Schedule-Free SGD": defaults_contender("Schedule-Free SGD", ["optimizer=schedulefree_sgd"]),
+    "Schedule-Free AdamW": defaults_contender("Schedule-Free AdamW", ["optimizer=schedulefree_adamw"]),
+    "Prodigy": defaults_contender("Prodigy", ["optimizer=prodigy"]),
+    "D-Adapt Adam": defaults_contender("D-Adapt Adam", ["optimizer=dadapt_adam"]),
+    "Adam 1e-3": defaults_contender("Adam 1e-3", ["optimizer=adam", "optimizer.lr=1e-3"]),
+}
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def summarize(runs: Sequence[Run]) -> list[dict]:
+    rows = []
+    for net in dict.fromkeys(r.network for r in runs):
+        for name in dict.fromkeys(r.contender for r in runs):
+            mine = [r for r in runs if r.network == net and r.contender == name]
+            if not mine:
+                continue
+            accs = [r.test_acc for r in mine]
+            rows.append({
+                "network": net, "contender": name, "seeds": len(mine),
+                "test_acc_mean": statistics.fmean(accs), "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "val_acc_mean": statistics.fmean(r.val_acc for r in mine),
+                "tuning_epochs": statistics.fmean(r.tuning_epochs for r in mine),
+                "tuning_s": statistics.fmean(r.tuning_s for r in mine),
+                "train_s": statistics.fmean(r.train_s for r in mine),
+                "default": all(r.default for r in mine),
+                "lr": "; ".join(f"{r.lr:.3g}" for r in mine if r.lr is not None),
+            })  # fmt: skip
+    for row in rows:
+        row["pareto"] = not any(
+            o is not row and o["network"] == row["network"]
+            and o["test_acc_mean"] >= row["test_acc_mean"] and o["tuning_epochs"] <= row["tuning_epochs"]
+            and (o["test_acc_mean"] > row["test_acc_mean"] or o["tuning_epochs"] < row["tuning_epochs"])
+            for o in rows
+        )  # fmt: skip
+    return rows
+
+
+def markdown(rows: Sequence[dict], setting: Setting) -> str:
+    lines = [
+        f"Test accuracy (mean ± std over seeds {','.join(map(str, setting.seeds))}) after {setting.epochs} epochs "
+        f"on {' '.join(setting.dataset) or 'the default data set'}; tuning cost in trial-epochs before the final "
+        "training and in seconds (this machine); * on the Pareto front (accuracy vs trial-epochs) of its network.",
+        "",
+        "| network | contender | test acc | tuning (trial-epochs) | tuning (s) | final train (s) | default | LR per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["network"], -r["test_acc_mean"])):
+        lines.append(
+            f"| {r['network']} | {r['contender']}{' *' if r['pareto'] else ''} | {100 * r['test_acc_mean']:.1f} ± "
+            f"{100 * r['test_acc_std']:.1f} | {r['tuning_epochs']:.1f} | {r['tuning_s']:.0f} | {r['train_s']:.0f} | "
+            f"{'yes' if r['default'] else 'no'} | {r['lr']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = list(dict.fromkeys(r["network"] for r in rows))
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    colours = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(names)}  # one colour per contender
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets) + 2.8, 5), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        mine = [r for r in rows if r["network"] == net]
+        for r in mine:
+            x = r["tuning_epochs"] + 1  # log axis: the defaults (cost 0) sit at 1
+            colour = colours[r["contender"]]
+            ax.errorbar(x, 100 * r["test_acc_mean"], yerr=100 * r["test_acc_std"], fmt="o" if r["pareto"] else "s",
+                        color=colour, capsize=3, markersize=9 if r["pareto"] else 6, markeredgecolor="k",
+                        label=r["contender"])  # fmt: skip
+            seeds = [100 * s.test_acc for s in runs if s.network == net and s.contender == r["contender"]]
+            ax.scatter([x] * len(seeds), seeds, color=colour, s=10, alpha=0.6)
+        front = sorted((r for r in mine if r["pareto"]), key=lambda r: r["tuning_epochs"])
+        ax.plot(
+            [r["tuning_epochs"] + 1 for r in front], [100 * r["test_acc_mean"] for r in front], "k--", lw=0.8
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("trial-epochs spent choosing, + 1 (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(net)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="center right", fontsize=8, title="circles: Pareto front", title_fontsize=8
+    )
+    fig.suptitle("Accuracy against tuning cost\n(mean ± std over seeds, dots: single seeds, dashed: Pareto front)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / (5.5 * len(nets) + 2.8), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(runs: Sequence[Run], setting: Setting) -> list[dict]:
+    rows = summarize(runs)
+    setting.out.mkdir(parents=True, exist_ok=True)
+    with open(setting.out / "runs.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(asdict(runs[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in runs)
+    with open(setting.out / "leaderboard.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (setting.out / "leaderboard.md").write_text(markdown(rows, setting), encoding="utf-8")
+    figure(rows, runs, setting.out / "leaderboard.png")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.leaderboard", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="the whole path on a tiny set (about a minute)")
+    ap.add_argument(
+        "--networks", default="lenet5,resnet18:16", help="network[:resnet width], comma-separated"
+    )
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=15, help="epochs of every final training (E)")
+    ap.add_argument(
+        "--grid", default="0.003,0.01,0.03,0.1,0.3", help="the oracle's LRs (SGD-momentum + cosine)"
+    )
+    ap.add_argument("--dataset", default="shapes")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="a subset, comma-separated")
+    ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "leaderboard"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("common", "launch", "autohyper", "adatune", "ecco"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    names = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        print(f"error: unknown contender(s) {unknown}; known: {', '.join(CONTENDERS)}", file=sys.stderr)
+        return 2
+    setting = Setting(
+        out=Path(args.out), dataset=[f"dataset={args.dataset}"], networks=args.networks.split(","),
+        seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
+        grid=[float(g) for g in args.grid.split(",")],
+    )  # fmt: skip
+    if args.smoke:
+        # a tiny set, one seed, one epoch of a few batches, a two-point grid, one autoHyper trial
+        setting.out = Path(args.out) / "smoke" if args.out == ap.get_default("out") else Path(args.out)
+        setting.dataset += ["dataset.train_size=256", "dataset.val_size=128", "dataset.test_size=128"]
+        setting.networks, setting.seeds, setting.epochs = ["lenet5"], [0], 1
+        setting.grid = [0.01, 0.1]
+        setting.extra = ["trainer.limit_train_batches=3", "trainer.limit_eval_batches=1"]
+        setting.autohyper = ["method.max_trials=1", "method.trial_epochs=1"]
+    runs: list[Run] = []
+    start = time.perf_counter()
+    for spec in setting.networks:
+        net, net_ov = network_overrides(spec)
+        for name in names:
+            for seed in setting.seeds:
+                t = time.perf_counter()
+                run = CONTENDERS[name](setting, net, net_ov, seed)
+                runs.append(run)
+                log.info("%-10s %-20s seed %d: test %.4f val %.4f lr %s tuning %.1f ep / %.0f s (%.0f s)", net, name,
+                         seed, run.test_acc, run.val_acc, "-" if run.lr is None else f"{run.lr:.3g}",
+                         run.tuning_epochs, run.tuning_s, time.perf_counter() - t)  # fmt: skip
+    rows = write_report(runs, setting)
+    print(markdown(rows, setting))
+    print(
+        f"wall time {time.perf_counter() - start:.0f} s; written: {setting.out}/leaderboard.md, .csv, .png, runs.csv"
+    )
+    return 0 if all(math.isfinite(r["test_acc_mean"]) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

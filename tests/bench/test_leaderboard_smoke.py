@@ -1,0 +1,46 @@
+"""``python -m bench.leaderboard --smoke`` (issue 17): every contender's whole path, on a tiny shapes set."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from bench.leaderboard import CONTENDERS, Run, summarize
+from tests.conftest import run_cli
+
+
+def test_smoke_runs_every_contender_and_writes_the_report(tmp_path):
+    out = tmp_path / "lb"
+    proc = run_cli("--smoke", "--out", str(out), cwd=tmp_path, module="bench.leaderboard", timeout=600,
+                   env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert [r["contender"] for r in rows] == list(CONTENDERS)
+    by_name = {r["contender"]: r for r in rows}
+    # the defaults cost nothing; the searches cost what they trained; the oracle's grid is 2 LRs x 1 epoch
+    assert all(float(by_name[n]["tuning_epochs"]) == 0 and by_name[n]["default"] == "True"
+               for n in ("HD", "MARTHE", "ECCO", "Prodigy", "Adam 1e-3"))  # fmt: skip
+    assert float(by_name["grid (oracle)"]["tuning_epochs"]) == 2
+    # Optuna's searches get autoHyper's trial budget (one trial of one epoch under --smoke)
+    assert float(by_name["optuna TPE"]["tuning_epochs"]) == float(by_name["autoHyper"]["tuning_epochs"]) == 1
+    assert json.loads((out / "lenet5" / "optuna_tpe" / "0" / "search" / "optuna_best.json").read_text())["trial"] == 0
+    assert float(by_name["LR range test"]["tuning_epochs"]) > 0
+    assert any(r["pareto"] == "True" for r in rows)
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(runs) == len(CONTENDERS) and all(0 <= float(r["test_acc"]) <= 1 for r in runs)
+    assert (out / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| lenet5 |" in (out / "leaderboard.md").read_text()
+
+
+def _run(name, acc, cost, seed=0):
+    return Run(name, "net", seed, acc, acc, 0.1, cost, 0.0, 0.0, cost == 0)
+
+
+def test_pareto_front_is_accuracy_against_trial_epochs():
+    rows = {r["contender"]: r for r in summarize([
+        _run("cheap", 0.80, 0), _run("better", 0.90, 5), _run("dominated", 0.85, 10), _run("best", 0.95, 50),
+        _run("tied-worse", 0.80, 3),
+    ])}  # fmt: skip
+    assert {n for n, r in rows.items() if r["pareto"]} == {"cheap", "better", "best"}
+    spread = summarize([_run("a", 0.8, 0, seed=0), _run("a", 0.9, 0, seed=1)])[0]
+    assert abs(spread["test_acc_mean"] - 0.85) < 1e-12 and abs(spread["test_acc_std"] - 0.0707107) < 1e-6
