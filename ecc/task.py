@@ -287,10 +287,15 @@ def rebuild_slim(
 
 
 def netadapt_steps(
-    data: DataBundle, device: torch.device, batches: int, lr: float, momentum: float = 0.9
+    data: DataBundle,
+    device: torch.device,
+    batches: int,
+    lr: float,
+    momentum: float = 0.9,
+    limit_eval_batches: int | None = None,
 ) -> tuple[Callable[[torch.nn.Module, int], None], Callable[[torch.nn.Module], float]]:
     """NetAdapt's ``short_term`` (SGD on the first ``batches`` train minibatches of epoch ``it``) and ``score``
-    (accuracy on the ``val`` split) for :func:`ecc.netadapt.netadapt`."""
+    (accuracy on the ``val`` split, its first ``limit_eval_batches`` batches) for :func:`ecc.netadapt.netadapt`."""
 
     def short_term(net: torch.nn.Module, it: int) -> None:
         short_term_finetune(
@@ -298,7 +303,9 @@ def netadapt_steps(
         )
 
     def score(net: torch.nn.Module) -> float:
-        return evaluate(net, data.val, task=data.task, prefix="val", device=device)["val_acc"]
+        return evaluate(
+            net, data.val, task=data.task, prefix="val", limit_batches=limit_eval_batches, device=device
+        )["val_acc"]
 
     return short_term, score
 
@@ -336,7 +343,9 @@ def phase_netadapt(
         def cost(widths: list[int]) -> float:
             return float(energy_model.predict([chain[0], *widths, chain[-1]]))
 
-        short_term, score = netadapt_steps(data, ctx.device, int(na.batches), lr, float(na.momentum))
+        short_term, score = netadapt_steps(
+            data, ctx.device, int(na.batches), lr, float(na.momentum), cfg.trainer.limit_eval_batches
+        )
         res = netadapt(
             dense, cost, budget, iterations=int(na.iterations), short_term=short_term, score=score,
             seed=int(cfg.seed),
@@ -389,12 +398,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """
     m = cfg.method
     algorithm = m.algorithm
+    make_cost_backend(m)  # a backend this machine cannot run (no CUDA, no NVML) stops here, before any training
     data = make_data(cfg, ctx.device)
     if algorithm == "netadapt" and (data.val is None or data.task != "classification"):
         raise ConfigError("method.algorithm=netadapt scores proposals by accuracy on the val split: it needs a "
                           "classification data set with a validation split")  # fmt: skip
     dense = phase_dense(cfg, ctx, data)
-    dense_eval = evaluate(dense, data.test, task=data.task, device=ctx.device)
+    # the Trainer's evaluation limit (debug=fast) bounds these evaluations too; None: whole splits
+    limit = cfg.trainer.limit_eval_batches
+    dense_eval = evaluate(dense, data.test, task=data.task, limit_batches=limit, device=ctx.device)
     x, _ = next(iter(data.test.epoch_iter(0)))
     example = x[:1]
     energy_model, fit = phase_energy_model(cfg, ctx, dense, example)
@@ -413,7 +425,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
             cfg, ctx, data, lambda: (copy.deepcopy(adapted), list(summary["widths"]))
         )
     # ECC: the masked full-size net; NetAdapt: the adapted slim net; both before the long fine-tune
-    masked_eval = evaluate(masked, data.test, task=data.task, device=ctx.device)
+    masked_eval = evaluate(masked, data.test, task=data.task, limit_batches=limit, device=ctx.device)
 
     ft_path = ctx.output_dir / "finetune" / "model.pt"
     if m.finetune_epochs > 0 and m.mode == "default":
@@ -422,12 +434,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         else:
             train_model(cfg, slim_net, data, ctx, epochs=m.finetune_epochs, phase="finetune")
             save_atomic({"model": slim_net.state_dict(), "widths": widths}, ft_path)
-    final_eval = evaluate(slim_net, data.test, task=data.task, device=ctx.device)
+    final_eval = evaluate(slim_net, data.test, task=data.task, limit_batches=limit, device=ctx.device)
     # the sweep objective (conf/config.yaml: objective=val_acc) and best-config picking need a val metric
     val_eval = (
         {}
         if data.val is None
-        else evaluate(slim_net, data.val, task=data.task, prefix="val", device=ctx.device)
+        else evaluate(
+            slim_net, data.val, task=data.task, prefix="val", limit_batches=limit, device=ctx.device
+        )
     )
 
     backend = make_cost_backend(m)

@@ -115,3 +115,15 @@ def test_mnist_download_failure_is_one_line(monkeypatch, tmp_path: Path):
         vision.load_mnist(tmp_path, download=True)
     assert "\n" not in str(info.value)
     assert ": <urlopen error timed out>. Without network access" in str(info.value)
+
+
+@pytest.mark.parametrize("cost", ["energy_nvml", "latency_cuda"])
+def test_ecc_cost_backend_this_machine_cannot_run_is_one_line_before_any_training(tmp_path, cost):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "method=ecc", "network=lenet5", "debug=fast", f"method.cost={cost}", f"hydra.run.dir={out}",
+        cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert line.startswith(f"error: {cost}: ") and line.endswith(("use latency_cpu or macs", "use latency_cuda"))
+    assert not (out / "dense").exists() and not (out / "results.json").exists()
