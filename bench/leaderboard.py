@@ -265,6 +265,22 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
+# the contenders that are one job each, by their config in conf/contender/ (shared with
+# experiment=leaderboard_cifar10, whose sweep runs the same jobs on a cluster)
+CONTENDER_CONFIGS = {
+    "autoHyper": "autohyper",
+    "autoHyper (paper)": "autohyper_paper",
+    "HD": "hd",
+    "MARTHE": "marthe",
+    "ECCO": "ecco",
+    "Schedule-Free SGD": "schedulefree_sgd",
+    "Schedule-Free AdamW": "schedulefree_adamw",
+    "Prodigy": "prodigy",
+    "D-Adapt Adam": "dadapt_adam",
+    "Adam 1e-3": "adam",
+}
+GRID_CONFIG_PREFIX = "grid_lr"  # conf/contender/grid_lr<lr>.yaml: the oracle's grid points
+
 CONTENDERS: dict[str, Callable[[Setting, str, list[str], int], Run]] = {
     "grid (oracle)": grid_contender,
     "autoHyper": autohyper_contender("improved"),
@@ -272,15 +288,81 @@ CONTENDERS: dict[str, Callable[[Setting, str, list[str], int], Run]] = {
     "optuna TPE": optuna_contender("tpe"),
     "random search": optuna_contender("random"),
     "LR range test": lr_range_test_contender,
-    "HD": defaults_contender("HD", ["method=adatune", "method.algorithm=hd"]),
-    "MARTHE": defaults_contender("MARTHE", ["method=adatune", "method.algorithm=marthe"]),
-    "ECCO": defaults_contender("ECCO", ["optimizer=ecco"]),
-    "Schedule-Free SGD": defaults_contender("Schedule-Free SGD", ["optimizer=schedulefree_sgd"]),
-    "Schedule-Free AdamW": defaults_contender("Schedule-Free AdamW", ["optimizer=schedulefree_adamw"]),
-    "Prodigy": defaults_contender("Prodigy", ["optimizer=prodigy"]),
-    "D-Adapt Adam": defaults_contender("D-Adapt Adam", ["optimizer=dadapt_adam"]),
-    "Adam 1e-3": defaults_contender("Adam 1e-3", ["optimizer=adam", "optimizer.lr=1e-3"]),
+    **{
+        name: defaults_contender(name, [f"+contender={config}"])
+        for name, config in CONTENDER_CONFIGS.items()
+        if not name.startswith("autoHyper")
+    },
 }
+
+
+# ------------------------------------------------------------------------------------------------ a cluster sweep
+def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
+    """The leaderboard's runs from a finished ``python -m launch -m experiment=leaderboard_cifar10`` sweep: one
+    job per contender config and seed, read from each job folder; the grid points of a network and seed become
+    the oracle (the best by validation accuracy, ties to the smaller LR; its cost the grid's epochs). Returns
+    the runs, the setting they describe and one line per job that did not finish (left out)."""
+    from omegaconf import OmegaConf
+
+    from common.sweep import job_dirs, job_overrides
+
+    by_config = {v: k for k, v in CONTENDER_CONFIGS.items()}
+    runs: list[Run] = []
+    grid: dict[tuple[str, int], list[tuple[float, Run]]] = {}
+    skipped: list[str] = []
+    epochs, datasets = set(), set()
+    for job in job_dirs(sweep_dir):
+        config = job_overrides(job).get("contender")
+        if config is None:
+            continue
+        if not (job / "results.json").exists():
+            skipped.append(f"{job.name} ({config}): no results.json")
+            continue
+        res = json.loads((job / "results.json").read_text())
+        cfg = OmegaConf.load(job / "config_resolved.yaml")
+        width = OmegaConf.select(cfg, "network.width")
+        net = str(cfg.network.name) + (f"-w{width}" if width not in (None, 64) else "")
+        seed, e = int(cfg.seed), int(cfg.trainer.epochs)
+        epochs.add(e)
+        datasets.add(str(cfg.dataset.name))
+        lr = OmegaConf.select(cfg, "optimizer.lr")
+        train_s = float(res.get("train_time_s", 0.0))
+        if config.startswith(GRID_CONFIG_PREFIX):
+            run = Run("grid (oracle)", net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, train_s, False,
+                      str(job))  # fmt: skip
+            grid.setdefault((net, seed), []).append((float(lr), run))
+        elif config in ("autohyper", "autohyper_paper"):
+            search_s = float(res["autohyper_search_s"])
+            runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"],
+                            res["autohyper_trials"] * res["autohyper_trial_epochs"], search_s,
+                            max(0.0, train_s - search_s), False, str(job)))  # fmt: skip
+        elif config in by_config:
+            runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, train_s,
+                            True, str(job)))  # fmt: skip
+        else:
+            skipped.append(f"{job.name}: unknown contender {config}")
+    for (_net, _seed), points in grid.items():
+        _, best = max(points, key=lambda p: (p[1].val_acc, -p[0]))
+        best.tuning_epochs = len(points) * best_epochs(best)
+        best.tuning_s, best.train_s = sum(r.train_s for _, r in points), 0.0
+        runs.insert(0, best)
+    setting = Setting(
+        out=Path(sweep_dir), dataset=[f"dataset={d}" for d in sorted(datasets)],
+        networks=sorted({r.network for r in runs}), seeds=sorted({r.seed for r in runs}),
+        epochs=max(epochs) if epochs else 0, grid=sorted({lr for p in grid.values() for lr, _ in p}),
+    )  # fmt: skip
+    order = list(CONTENDERS)
+    runs.sort(
+        key=lambda r: (r.network, order.index(r.contender) if r.contender in order else len(order), r.seed)
+    )
+    return runs, setting, skipped
+
+
+def best_epochs(run: Run) -> int:
+    """The trainer.epochs a job folder ran with."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(Path(run.folder) / "config_resolved.yaml").trainer.epochs)
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -315,7 +397,7 @@ def summarize(runs: Sequence[Run]) -> list[dict]:
 def markdown(rows: Sequence[dict], setting: Setting) -> str:
     lines = [
         f"Test accuracy (mean ± std over seeds {','.join(map(str, setting.seeds))}) after {setting.epochs} epochs "
-        f"on {' '.join(setting.dataset) or 'the default data set'}; tuning cost in trial-epochs before the final "
+        f"on {' '.join([*setting.dataset, *setting.extra]) or 'the default data set'}; tuning cost in trial-epochs before the final "
         "training and in seconds (this machine); * on the Pareto front (accuracy vs trial-epochs) of its network.",
         "",
         "| network | contender | test acc | tuning (trial-epochs) | tuning (s) | final train (s) | default | LR per seed |",
@@ -398,10 +480,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--grid", default="0.003,0.01,0.03,0.1,0.3", help="the oracle's LRs (SGD-momentum + cosine)"
     )
     ap.add_argument("--dataset", default="shapes")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="an override of every run, e.g. --set dataset.train_size=10000 (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="a subset, comma-separated")
     ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "leaderboard"))
+    ap.add_argument(
+        "--from-sweep",
+        metavar="DIR",
+        help="no training: the report of a finished experiment=leaderboard_* sweep",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.from_sweep:
+        return report_sweep(Path(args.from_sweep))
     for noisy in ("common", "launch", "autohyper", "adatune", "ecco"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -412,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setting = Setting(
         out=Path(args.out), dataset=[f"dataset={args.dataset}"], networks=args.networks.split(","),
         seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
-        grid=[float(g) for g in args.grid.split(",")],
+        grid=[float(g) for g in args.grid.split(",")], extra=list(args.set),
     )  # fmt: skip
     if args.smoke:
         # a tiny set, one seed, one epoch of a few batches, a two-point grid, one autoHyper trial
@@ -420,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setting.dataset += ["dataset.train_size=256", "dataset.val_size=128", "dataset.test_size=128"]
         setting.networks, setting.seeds, setting.epochs = ["lenet5"], [0], 1
         setting.grid = [0.01, 0.1]
-        setting.extra = ["trainer.limit_train_batches=3", "trainer.limit_eval_batches=1"]
+        setting.extra += ["trainer.limit_train_batches=3", "trainer.limit_eval_batches=1"]
         setting.autohyper = ["method.max_trials=1", "method.trial_epochs=1"]
     runs: list[Run] = []
     start = time.perf_counter()
@@ -440,6 +533,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wall time {time.perf_counter() - start:.0f} s; written: {setting.out}/leaderboard.md, .csv, .png, runs.csv"
     )
     return 0 if all(math.isfinite(r["test_acc_mean"]) for r in rows) else 1
+
+
+def report_sweep(sweep_dir: Path) -> int:
+    if not sweep_dir.is_dir():
+        print(f"error: {sweep_dir} is not a folder (give the sweep folder, e.g. outputs/leaderboard/multiruns/<date>)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    runs, setting, skipped = runs_from_sweep(sweep_dir)
+    for line in skipped:
+        print(f"left out: {line}", file=sys.stderr)
+    if not runs:
+        print(f"error: no finished contender jobs under {sweep_dir}", file=sys.stderr)
+        return 2
+    rows = write_report(runs, setting)
+    print(markdown(rows, setting))
+    print(f"written: {setting.out}/leaderboard.md, .csv, .png, runs.csv")
+    return 0 if not skipped else 1
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ esac
     "sacct": """
 echo "JobID|State|NodeList"
 """,
+    # never run: submitit's SlurmExecutor refuses to start unless `srun` is on PATH (a machine without SLURM, CI)
+    "srun": """
+echo "srun: the fake SLURM of tests/launch/test_slurm_watch.py runs no job step" >&2; exit 1
+""",
 }
 
 
