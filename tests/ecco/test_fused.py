@@ -82,3 +82,20 @@ def test_fused_needs_improved_mode():
         ECCO(params, mode="paper", fused=True)
     with pytest.raises(ValueError, match="fused=True needs mode='improved'"):
         ECCO(params, foreach=False, fused=True)
+
+
+def test_fused_runs_only_where_it_was_measured_faster(digits_batches, monkeypatch, caplog):
+    # on CUDA the compiled passes were slower than the foreach path: a device outside FUSED_FASTER_ON gets the
+    # foreach path (bit for bit), said once
+    assert ecco_optimizer.FUSED_FASTER_ON == ("cpu",)
+    ref, _ = _train(digits_batches, fused=False, zeta=True, limited=False)
+    monkeypatch.setattr(ecco_optimizer, "FUSED_FASTER_ON", ("cuda",))
+    with caplog.at_level(logging.INFO, logger="ecco.optimizer"):
+        got, opt = _train(digits_batches, fused=True, zeta=True, limited=False)
+    assert not opt._fused_failed
+    for a, b in zip(ref.parameters(), got.parameters(), strict=True):
+        assert torch.equal(a, b)
+    said = [r.getMessage() for r in caplog.records if "foreach path is used" in r.getMessage()]
+    assert said == [
+        "ECCO fused=True: on cpu the foreach path is used (the compiled passes are faster only on cuda)"
+    ]
