@@ -167,12 +167,19 @@ def autohyper_contender(mode: str) -> Callable[[Setting, str, list[str], int], R
         folder = setting.out / net / slug(name) / str(seed)
         res, secs = train(setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
                                             "method=autohyper", f"method.mode={mode}", *setting.autohyper])  # fmt: skip
-        trial_epochs = res["autohyper_trials"] * res["autohyper_trial_epochs"]
-        search_s = res["autohyper_search_s"]
-        return Run(name, net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"], trial_epochs, search_s,
-                   max(0.0, secs - search_s), False, str(folder))  # fmt: skip
+        trial_epochs, _ = autohyper_cost(res)
+        # train_time_s: the final training's own time (the search's is autohyper_search_s)
+        return Run(name, net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"], trial_epochs,
+                   res["autohyper_search_s"], float(res["train_time_s"]), False, str(folder))  # fmt: skip
 
     return contender
+
+
+def autohyper_cost(results: dict) -> tuple[float, int]:
+    """(trial-epochs autoHyper's search spent in all, epochs of one trial) from its ``results.json``
+    (``autohyper_trial_epochs`` is the total over its ``autohyper_trials`` trials)."""
+    total, trials = float(results["autohyper_trial_epochs"]), max(1, int(results["autohyper_trials"]))
+    return total, max(1, round(total / trials))
 
 
 def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], Run]:
@@ -182,8 +189,8 @@ def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], R
         # the same trial budget as autoHyper's default mode on this seed (it runs first: its folder is reused)
         ah = autohyper_contender("improved")(setting, net, net_ov, seed)
         ah_res = json.loads((Path(ah.folder) / "results.json").read_text())
-        trial_epochs = max(1, int(ah_res["autohyper_trial_epochs"]))
-        n_trials = max(1, round(ah.tuning_epochs / trial_epochs))
+        budget, trial_epochs = autohyper_cost(ah_res)
+        n_trials = max(1, round(budget / trial_epochs))
         sweep = setting.out / net / slug(name) / str(seed) / "search"
         start = time.perf_counter()
         if not (sweep / "optuna_best.json").exists():
@@ -332,10 +339,9 @@ def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
                       str(job))  # fmt: skip
             grid.setdefault((net, seed), []).append((float(lr), run))
         elif config in ("autohyper", "autohyper_paper"):
-            search_s = float(res["autohyper_search_s"])
             runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"],
-                            res["autohyper_trials"] * res["autohyper_trial_epochs"], search_s,
-                            max(0.0, train_s - search_s), False, str(job)))  # fmt: skip
+                            autohyper_cost(res)[0], float(res["autohyper_search_s"]), train_s, False,
+                            str(job)))  # fmt: skip
         elif config in by_config:
             runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, train_s,
                             True, str(job)))  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from bench.leaderboard import CONTENDERS, Run, summarize
+from bench.leaderboard import CONTENDERS, Run, autohyper_cost, summarize
 from tests.conftest import run_cli
 
 
@@ -23,7 +23,10 @@ def test_smoke_runs_every_contender_and_writes_the_report(tmp_path):
     assert float(by_name["grid (oracle)"]["tuning_epochs"]) == 2
     # Optuna's searches get autoHyper's trial budget (one trial of one epoch under --smoke)
     assert float(by_name["optuna TPE"]["tuning_epochs"]) == float(by_name["autoHyper"]["tuning_epochs"]) == 1
-    assert json.loads((out / "lenet5" / "optuna_tpe" / "0" / "search" / "optuna_best.json").read_text())["trial"] == 0
+    assert (
+        json.loads((out / "lenet5" / "optuna_tpe" / "0" / "search" / "optuna_best.json").read_text())["trial"]
+        == 0
+    )
     assert float(by_name["LR range test"]["tuning_epochs"]) > 0
     assert any(r["pareto"] == "True" for r in rows)
     runs = list(csv.DictReader((out / "runs.csv").open()))
@@ -44,3 +47,9 @@ def test_pareto_front_is_accuracy_against_trial_epochs():
     assert {n for n, r in rows.items() if r["pareto"]} == {"cheap", "better", "best"}
     spread = summarize([_run("a", 0.8, 0, seed=0), _run("a", 0.9, 0, seed=1)])[0]
     assert abs(spread["test_acc_mean"] - 0.85) < 1e-12 and abs(spread["test_acc_std"] - 0.0707107) < 1e-6
+
+
+def test_autohyper_cost_reads_the_total_of_its_trials():
+    # results.json's autohyper_trial_epochs is the search's total (13 trials of 5 epochs: 65), not one trial's
+    assert autohyper_cost({"autohyper_trials": 13.0, "autohyper_trial_epochs": 65.0}) == (65.0, 5)
+    assert autohyper_cost({"autohyper_trials": 3.0, "autohyper_trial_epochs": 6.0}) == (6.0, 2)
