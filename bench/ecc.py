@@ -1,8 +1,11 @@
-"""ECC benchmark: the bilinear cost model on real CPU latencies, and ECC against its baselines on digits.
+"""ECC benchmark: the bilinear cost model on real CPU latencies, and ECC against its baselines on digits / shapes.
 
     .venv/bin/python -m bench.ecc --part fit --samples 1000 --repeats 50
     .venv/bin/python -m bench.ecc --part compress --seeds 3 --epochs 30
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.ecc --part latency --seeds 2 --epochs 10  # ~16 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.ecc --part latency --dataset shapes --seeds 3 --epochs 3 \
+        --pretrain-epochs 10 --lr 0.05 --samples 200 --rounds 5 --train-size 3000 --val-size 500 \
+        --batch-size 32  # 50 minutes; see ecc/README "On shapes"
     .venv/bin/python -m bench.ecc                       # all three parts (fit and compress: ~5 minutes)
 
 (``python bench/ecc.py`` would put ``bench/`` first on the path, where this file shadows the ``ecc`` package.)
@@ -34,6 +37,11 @@ factor whose predicted latency fits and torch-pruning global L1 stepped until it
 +method.bench_energy_model=<ECC's cost/energy_model.pt>``, relative to the measured dense latency in the fit.json
 beside it); all fine-tuned E epochs. Every slim net is then timed against the dense one (``latency_ratios``: the same backend settings,
 ``--rounds`` interleaved dense/slim pairs, median ratio): the measured ratio next to the predicted one.
+``--dataset shapes``: the embedded procedural benchmark (``common.data.shapes``, 3x32x32, 10 classes), split sizes
+``--train-size`` / ``--val-size`` / ``--test-size`` (default 20000 / 2000 / 2000) and ``--batch-size`` (64);
+``--lr`` sets every job's SGD lr (NetAdapt's short-term fine-tune included) and ``--pretrain-epochs`` P trains
+each seed's dense net alone first (``method=train``, cosine over P) for all four methods to start from. Last, per budget, ECC against each baseline
+paired by seed (``significance``: ``scipy.stats.ttest_rel``, the mean difference and its 95 % t interval).
 """
 
 from __future__ import annotations
@@ -103,6 +111,32 @@ MID = (
     "optimizer.lr=0.02",
     "trainer.progress=false",
 )
+# the latency part's data sets and their input channels (digits is resized to 1x32x32, shapes rendered at 3x32x32)
+LATENCY_DATASETS = {"digits": 1, "shapes": 3}
+
+
+def latency_overrides(
+    dataset: str = "digits",
+    train_size: int | None = None,
+    val_size: int | None = None,
+    test_size: int | None = None,
+    batch_size: int | None = None,
+) -> tuple[str, ...]:
+    """The latency part's config overrides (:data:`MID`) on ``dataset``, with the split sizes and training
+    minibatch size given.
+
+    Only ``shapes`` takes them (digits has a fixed 1257 / 180 / 360 split and the batch of 32 of the digits
+    figures), so sizes on digits are refused.
+    """
+    if dataset not in LATENCY_DATASETS:
+        raise ValueError(f"latency part: dataset must be one of {sorted(LATENCY_DATASETS)}, got {dataset!r}")
+    sizes = {"train_size": train_size, "val_size": val_size, "test_size": test_size, "batch_size": batch_size}
+    given = tuple(f"dataset.{k}={v}" for k, v in sizes.items() if v is not None)
+    if dataset == "digits":
+        if given:
+            raise ValueError(f"digits has a fixed split; split sizes are for shapes only, got {given}")
+        return MID
+    return tuple(f"dataset={dataset}" if o == "dataset=digits" else o for o in MID) + given
 
 
 # ---------------------------------------------------------------------------------------------- part 1: fit
@@ -375,8 +409,10 @@ def latency_ratios(
     net: dict[str, list[int]] = TINY_NET,
     batch: int = 1,
     rounds: int = 3,
+    in_channels: int = 1,
 ) -> tuple[list[float], float]:
-    """CPU latency of ``alexnet_small`` (``net``, 1x32x32 input) at each of ``widths`` over the dense one.
+    """CPU latency of ``alexnet_small`` (``net``, ``in_channels`` x32x32 input) at each of ``widths`` over the
+    dense one.
 
     ``latency_cpu`` (1 thread, ``batch``, median of ``repeats`` after 3 warm-up passes), interleaved: each of
     ``rounds`` rounds times, per slim net, the dense net and then the slim one; a slim net's ratio is the
@@ -384,8 +420,8 @@ def latency_ratios(
     latency (s).
     """
     torch.manual_seed(0)
-    dense = build_model("alexnet_small", num_classes=10, in_channels=1, image_size=32, **net).eval()
-    x = torch.randn(1, 1, 32, 32)
+    dense = build_model("alexnet_small", num_classes=10, in_channels=in_channels, image_size=32, **net).eval()
+    x = torch.randn(1, in_channels, 32, 32)
     backend = make_backend("latency_cpu", batch=batch, repeats=repeats, warmup=3, threads=1)
     slims = [copy.deepcopy(slim_to_widths(dense, list(w))).eval() for w in widths]
     ratios: list[list[float]] = [[] for _ in slims]
@@ -495,10 +531,86 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
+def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Paired t-test of ``a`` against ``b`` (pairs: the same index, e.g. the same seed).
+
+    Returns n, the mean difference a - b, its two-sided ``confidence`` interval (Student's t with n - 1 degrees
+    of freedom on the std of the differences), t and p of ``scipy.stats.ttest_rel``. Fewer than two pairs give
+    nan for everything but n and the mean; differences all equal give a zero-width interval (and t = p = nan when
+    they are all zero: nothing to test).
+    """
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError(f"paired_test needs as many values in a as in b, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = len(d)
+    out = {"n": float(n), "mean diff": float(d.mean()) if n else float("nan")}
+    nan = float("nan")
+    if n < 2:
+        return {**out, "ci low": nan, "ci high": nan, "t": nan, "p": nan}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    if np.all(d == d[0]):  # ttest_rel warns on zero variance; all-zero differences have nothing to test
+        t, pval = (nan, nan) if d[0] == 0 else (float(np.sign(d[0]) * np.inf), 0.0)
+    else:
+        res = stats.ttest_rel(a, b)
+        t, pval = float(res.statistic), float(res.pvalue)
+    return {**out, "ci low": out["mean diff"] - half, "ci high": out["mean diff"] + half, "t": t, "p": pval}
+
+
+def significance(
+    rows: Sequence[dict[str, Any]], reference: str = "ECC", alpha: float = 0.05, key: str = "test acc"
+) -> list[dict[str, Any]]:
+    """Per budget, ``reference`` against every other method by :func:`paired_test` on ``key``, paired by seed
+    (seeds missing from either side are left out). Each row says in words whether p <= ``alpha``."""
+    out = []
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        at = [r for r in rows if r["budget"] == budget]
+        ref = {r["seed"]: r[key] for r in at if r["method"] == reference}
+        for method in dict.fromkeys(r["method"] for r in at if r["method"] != reference):
+            other = {r["seed"]: r[key] for r in at if r["method"] == method}
+            seeds = sorted(set(ref) & set(other))
+            test = paired_test([ref[s] for s in seeds], [other[s] for s in seeds])
+            if not test["p"] <= alpha:  # nan (too few seeds, no differences) counts as not significant
+                verdict = f"not significant (p > {alpha:g})" if test["p"] > alpha else "not testable"
+            else:
+                verdict = f"{reference} {'better' if test['mean diff'] > 0 else 'worse'} (p <= {alpha:g})"
+            out.append(
+                {
+                    "budget": budget,
+                    "comparison": f"{reference} - {method}",
+                    **test,
+                    "n": len(seeds),
+                    "verdict": verdict,
+                }
+            )
+    return out
+
+
 def latency_part(
-    seeds: int, epochs: int, samples: int, repeats: int, batch: int, rounds: int, budgets: Sequence[float]
+    seeds: int,
+    epochs: int,
+    samples: int,
+    repeats: int,
+    batch: int,
+    rounds: int,
+    budgets: Sequence[float],
+    dataset: str = "digits",
+    sizes: dict[str, int | None] | None = None,
+    lr: float | None = None,
+    pretrain_epochs: int | None = None,
 ) -> None:
-    """ECC on a fitted CPU-latency model against NetAdapt / uniform / L1 at the same predicted latency."""
+    """ECC on a fitted CPU-latency model against NetAdapt / uniform / L1 at the same predicted latency, on
+    ``dataset`` (``digits`` resized to 1x32x32, or ``shapes`` at 3x32x32 with split ``sizes``).
+
+    ``lr`` (default :data:`MID`'s 0.02) is every job's SGD learning rate, NetAdapt's short-term fine-tune
+    included; ``pretrain_epochs`` (default ``epochs``) trains each seed's dense net, which every method then
+    starts from, each fine-tuned ``epochs``.
+    """
+    mid = latency_overrides(dataset, **(sizes or {}))
+    if lr is not None:
+        mid = tuple(f"optimizer.lr={lr}" if o.startswith("optimizer.lr=") else o for o in mid)
+    in_channels = LATENCY_DATASETS[dataset]
     ecc = (
         "method=ecc", "method.cost=latency_cpu", f"method.samples={samples}", f"method.cost_batch={batch}",
         f"method.cost_repeats={repeats}", "method.admm_epochs=30",
@@ -509,19 +621,22 @@ def latency_part(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for seed in range(seeds):
-            common = (*MID, f"seed={seed}", f"trainer.epochs={epochs}")
+            common = (*mid, f"seed={seed}", f"trainer.epochs={epochs}")
             first: Path | None = None  # the seed's first ECC run: its dense net and cost data are reused
+            dense: Path | None = None
+            if pretrain_epochs is not None:
+                dense = pretrain_dense((*mid, f"seed={seed}"), pretrain_epochs, root / f"dense_s{seed}")
             for budget in budgets:
                 out = root / f"ecc_s{seed}_b{budget}"
-                extra: tuple[str, ...] = ()
+                extra: tuple[str, ...] = (f"method.dense_checkpoint={dense}",) if dense else ()
                 if first is not None:
                     # phase_energy_model loads the fit it finds in <out>/cost: measured once per seed
                     shutil.copytree(first / "cost", out / "cost")
-                    extra = (f"method.dense_checkpoint={first / 'dense' / 'model.pt'}",)
                 t = time.perf_counter()
                 r = run(compose_config(*ecc, *common, f"method.budget={budget}", *extra, output_dir=out))
                 if first is None:
                     first = out
+                    dense = dense or out / "dense" / "model.pt"
                     meta = json.loads((out / "cost" / "meta.json").read_text())
                     fits[seed] = {
                         "seed": seed, "dense acc": r["dense_test_acc"], "holdout MRAE": r["holdout_mrae"],
@@ -536,7 +651,7 @@ def latency_part(
                 r = run(
                     compose_config(
                         *ecc, *common, f"method.budget={budget}", "method.algorithm=netadapt",
-                        f"method.dense_checkpoint={first / 'dense' / 'model.pt'}", output_dir=na_out,
+                        f"method.dense_checkpoint={dense}", output_dir=na_out,
                     )
                 )  # fmt: skip
                 jobs["NetAdapt ft"] = (r, time.perf_counter() - t)
@@ -548,14 +663,16 @@ def latency_part(
                     r = run(
                         compose_config(
                             "method=ecc", *common, f"method.budget={budget}",
-                            f"method.dense_checkpoint={first / 'dense' / 'model.pt'}", f"method.plugin=bench.ecc:{plugin}",
+                            f"method.dense_checkpoint={dense}", f"method.plugin=bench.ecc:{plugin}",
                             "+method.bench_cost=model", f"+method.bench_energy_model={first / 'cost' / 'energy_model.pt'}",
                             output_dir=root / f"{tag}_s{seed}_b{budget}",
                         )
                     )  # fmt: skip
                     jobs[method] = (r, time.perf_counter() - t)
                 widths = {method: slot_widths(r) for method, (r, _) in jobs.items()}
-                measured, dense_s = latency_ratios(list(widths.values()), repeats, MID_NET, batch, rounds)
+                measured, dense_s = latency_ratios(
+                    list(widths.values()), repeats, MID_NET, batch, rounds, in_channels
+                )
                 for (method, (r, secs)), lat in zip(jobs.items(), measured):
                     rows.append(
                         {
@@ -566,9 +683,11 @@ def latency_part(
                     )  # fmt: skip
                 print(format_table(rows[-len(jobs) :], floatfmt=".4f"), flush=True)
     print(
-        f"\ndigits at 1x32x32, alexnet_small {'-'.join(map(str, MID_NET['widths']))} / "
+        f"\n{dataset} at {in_channels}x32x32{size_note(sizes)}, "
+        f"alexnet_small {'-'.join(map(str, MID_NET['widths']))} / "
         f"{'-'.join(map(str, MID_NET['hidden']))}, cost=latency_cpu (1 thread, batch {batch}, median of {repeats}), "
-        f"{samples} samples per seed, E={epochs} epochs, {seeds} seed(s), {time.perf_counter() - t0:.0f} s; "
+        f"{samples} samples per seed, E={epochs} epochs (dense: {pretrain_epochs or epochs}), lr {lr or 0.02}, "
+        f"{seeds} seed(s), {time.perf_counter() - t0:.0f} s; "
         f"measured ratio: median of {rounds} interleaved dense/slim timings"
     )
     print("Fits (one per seed, reused across its budgets):")
@@ -594,6 +713,34 @@ def latency_part(
         f"holdout MRAE of the fits: {holdout}; mean |measured - predicted| / predicted ratio over {len(rows)} "
         f"rows: {statistics.mean(err):.4f} (max {max(err):.4f}; ECC rows {statistics.mean(ecc_err):.4f})"
     )
+    print(
+        "\nECC against each baseline, test accuracy paired by seed (scipy.stats.ttest_rel; mean difference "
+        "ECC - baseline and its 95 % t interval):"
+    )
+    print(format_table(significance(rows), floatfmt=".4f"))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def pretrain_dense(overrides: Sequence[str], epochs: int, out: Path) -> Path:
+    """Train a seed's dense net alone (``method=train``, ``epochs`` with the cosine schedule over them) and save
+    its weights as ``<out>/model.pt`` for ``method.dense_checkpoint``.
+
+    Separate so that the dense net's epochs (and cosine period, ``trainer.epochs``) can differ from the
+    fine-tunes': the dense net is trained once per seed, the fine-tunes are 4 per budget and seed.
+    """
+    run(compose_config("method=train", *overrides, f"trainer.epochs={epochs}", output_dir=out))
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    if (state["phase"], state["epoch"]) != ("train", epochs):
+        raise RuntimeError(
+            f"{out}: the last checkpoint is {state['phase']} epoch {state['epoch']}, not the end"
+        )
+    torch.save({"model": state["model"]}, out / "model.pt")
+    return out / "model.pt"
+
+
+def size_note(sizes: dict[str, int | None] | None) -> str:
+    """``, train_size 4000, batch_size 32`` for the sizes given (the data set's defaults are not shown)."""
+    return "".join(f", {k} {v}" for k, v in (sizes or {}).items() if v is not None)
 
 
 def main() -> None:
@@ -610,15 +757,38 @@ def main() -> None:
         "--rounds", type=int, default=7, help="latency part: interleaved timings per slim net"
     )
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="latency part: budgets")
+    parser.add_argument(
+        "--dataset", choices=tuple(LATENCY_DATASETS), default="digits", help="latency part: data set"
+    )
+    parser.add_argument("--lr", type=float, default=None, help="latency part: SGD lr of every job (0.02)")
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=None, help="latency part: the dense nets' epochs (E)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="latency part, shapes only: training minibatch (64)"
+    )
+    for split in ("train", "val", "test"):
+        parser.add_argument(
+            f"--{split}-size", type=int, default=None, help=f"latency part, shapes only: {split} split size"
+        )
     args = parser.parse_args()
     if args.part in ("all", "fit"):
         fit_part(args.samples, args.repeats)
     if args.part in ("all", "compress"):
         compress_part(args.seeds, args.epochs, args.repeats)
     if args.part in ("all", "latency"):
+        sizes = {
+            "train_size": args.train_size, "val_size": args.val_size, "test_size": args.test_size,
+            "batch_size": args.batch_size,
+        }  # fmt: skip
+        if args.dataset == "digits" and any(v is not None for v in sizes.values()):
+            parser.error(
+                "--train-size / --val-size / --test-size / --batch-size are for --dataset shapes only"
+            )
         latency_part(
-            args.seeds, args.epochs, args.samples, args.repeats, args.batch, args.rounds, args.budgets
-        )
+            args.seeds, args.epochs, args.samples, args.repeats, args.batch, args.rounds, args.budgets,
+            args.dataset, sizes, args.lr, args.pretrain_epochs,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
