@@ -192,7 +192,6 @@ def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], R
         budget, trial_epochs = autohyper_cost(ah_res)
         n_trials = max(1, round(budget / trial_epochs))
         sweep = setting.out / net / slug(name) / str(seed) / "search"
-        start = time.perf_counter()
         if not (sweep / "optuna_best.json").exists():
             low, high = min(setting.grid), max(setting.grid)
             proc = subprocess.run(
@@ -206,7 +205,10 @@ def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], R
             )  # fmt: skip
             if not (sweep / "optuna_best.json").exists():
                 raise RuntimeError(f"{name} on {net} seed {seed} found nothing:\n{proc.stderr[-3000:]}")
-        search_s = time.perf_counter() - start
+        # the trials' own training times, as for the grid (a reused search costs what it cost when it ran)
+        search_s = sum(
+            float(json.loads(r.read_text()).get("train_time_s", 0.0)) for r in sweep.glob("*/results.json")
+        )
         best = json.loads((sweep / "optuna_best.json").read_text())
         lr = float(best["params"]["optimizer.lr"])
         folder = setting.out / net / slug(name) / str(seed) / "final"

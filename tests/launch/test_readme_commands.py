@@ -86,6 +86,15 @@ SKIPPED: dict[str, str] = {
         "an Optuna search (a continuous range has no grid to expand): "
         "tests/launch/test_optuna_sweeper.py runs such a sweep through python -m launch"
     ),
+    "python -m launch -m experiment=leaderboard_cifar10 launcher=slurm": (
+        "SLURM and CIFAR-10: the experiment's sweep runs through python -m launch in "
+        "tests/bench/test_leaderboard_sweep.py (digits, debug=fast)"
+    ),
+    "python -m launch -m experiment=leaderboard_cifar10 launcher=slurm dataset=cifar100": "SLURM and CIFAR-100",
+    "python -m launch -m launcher=slurm hydra/sweeper=optuna network=resnet18 dataset=cifar10 trainer.epochs=5 "
+    "'optimizer.lr=tag(log, interval(3e-3, 0.3))' hydra.sweeper.n_trials=20 hydra.sweeper.n_jobs=4": (
+        "SLURM, and an Optuna search: tests/launch/test_optuna_sweeper.py runs such a sweep"
+    ),
     "python -m launch method=mymethod method.lr_scale=20": (
         "needs the user's own package mymethod: tests/plugin/test_sixth_method.py runs such a plugin"
     ),
