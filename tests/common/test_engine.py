@@ -58,7 +58,10 @@ def test_finished_run_is_not_redone(cfg_factory, tmp_path, capsys):
 
 def test_learns_digits_above_chance(cfg_factory):
     results = run(
-        cfg_factory("trainer.epochs=3", "trainer.limit_train_batches=null", "trainer.limit_eval_batches=null")
+        cfg_factory(
+            "trainer.epochs=3", "trainer.limit_train_batches=null", "trainer.limit_eval_batches=null",
+            "dataset.batch_size=32",
+        )  # fmt: skip
     )
     assert results["test_acc"] > 0.85
 

@@ -18,7 +18,7 @@ def test_lstm_regression_on_household_power(cfg_factory, tmp_path):
     write_power(tmp_path)
     cfg = cfg_factory(
         "network=lstm", "dataset=household_power", f"paths.data_dir={tmp_path}", "dataset.resample=null",
-        "dataset.window=8", "dataset.horizon=2", "optimizer=adam", "trainer.limit_train_batches=null",
+        "dataset.window=8", "dataset.horizon=2", "optimizer=adam", "trainer.limit_train_batches=null", "dataset.batch_size=32",
     )  # fmt: skip
     assert cfg.dataset.num_classes == 2  # follows the horizon
     results = run(cfg)

@@ -70,7 +70,7 @@ def test_the_default_ecco_config_is_not_in_the_capped_regime(cfg_factory, monkey
     monkeypatch.setattr(ecco_optimizer.ECCO, "__init__", spy)
     # the default job (MLP on digits, batch 32) for 4 epochs of 40 steps: the capping report comes after 100
     with caplog.at_level("INFO", logger="ecco.optimizer"):
-        run(cfg_factory("optimizer=ecco", "trainer.epochs=4", "trainer.limit_train_batches=null"))
+        run(cfg_factory("optimizer=ecco", "trainer.epochs=4", "trainer.limit_train_batches=null", "dataset.batch_size=32"))
     (opt,) = built
     assert opt.capped_fraction() < 0.9
     assert any("hit the cap" in r.getMessage() for r in caplog.records)
