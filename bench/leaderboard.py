@@ -317,7 +317,7 @@ def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
 
     by_config = {v: k for k, v in CONTENDER_CONFIGS.items()}
     runs: list[Run] = []
-    grid: dict[tuple[str, int], list[tuple[float, Run]]] = {}
+    grid: dict[tuple[str, int], list[tuple[float, int, Run]]] = {}  # (lr, epochs, run) per network and seed
     skipped: list[str] = []
     epochs, datasets = set(), set()
     for job in job_dirs(sweep_dir):
@@ -339,7 +339,7 @@ def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
         if config.startswith(GRID_CONFIG_PREFIX):
             run = Run("grid (oracle)", net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, train_s, False,
                       str(job))  # fmt: skip
-            grid.setdefault((net, seed), []).append((float(lr), run))
+            grid.setdefault((net, seed), []).append((float(lr), e, run))
         elif config in ("autohyper", "autohyper_paper"):
             runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"],
                             autohyper_cost(res)[0], float(res["autohyper_search_s"]), train_s, False,
@@ -350,27 +350,20 @@ def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
         else:
             skipped.append(f"{job.name}: unknown contender {config}")
     for (_net, _seed), points in grid.items():
-        _, best = max(points, key=lambda p: (p[1].val_acc, -p[0]))
-        best.tuning_epochs = len(points) * best_epochs(best)
-        best.tuning_s, best.train_s = sum(r.train_s for _, r in points), 0.0
+        _, e, best = max(points, key=lambda p: (p[2].val_acc, -p[0]))
+        best.tuning_epochs = len(points) * e
+        best.tuning_s, best.train_s = sum(r.train_s for _, _, r in points), 0.0
         runs.insert(0, best)
     setting = Setting(
         out=Path(sweep_dir), dataset=[f"dataset={d}" for d in sorted(datasets)],
         networks=sorted({r.network for r in runs}), seeds=sorted({r.seed for r in runs}),
-        epochs=max(epochs) if epochs else 0, grid=sorted({lr for p in grid.values() for lr, _ in p}),
+        epochs=max(epochs) if epochs else 0, grid=sorted({lr for p in grid.values() for lr, _, _ in p}),
     )  # fmt: skip
     order = list(CONTENDERS)
     runs.sort(
         key=lambda r: (r.network, order.index(r.contender) if r.contender in order else len(order), r.seed)
     )
     return runs, setting, skipped
-
-
-def best_epochs(run: Run) -> int:
-    """The trainer.epochs a job folder ran with."""
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.load(Path(run.folder) / "config_resolved.yaml").trainer.epochs)
 
 
 # ------------------------------------------------------------------------------------------------ the report
