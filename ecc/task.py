@@ -398,7 +398,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
     """
     m = cfg.method
     algorithm = m.algorithm
-    make_cost_backend(m)  # a backend this machine cannot run (no CUDA, no NVML) stops here, before any training
+    # built first: a backend this machine cannot run (no CUDA, no NVML) stops here, before any training
+    backend = make_cost_backend(m)
     data = make_data(cfg, ctx.device)
     if algorithm == "netadapt" and (data.val is None or data.task != "classification"):
         raise ConfigError("method.algorithm=netadapt scores proposals by accuracy on the val split: it needs a "
@@ -444,7 +445,6 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
         )
     )
 
-    backend = make_cost_backend(m)
     ex = example.to(ctx.device)
     dense_measured = backend.measure(copy.deepcopy(dense), ex)
     slim_measured = backend.measure(copy.deepcopy(slim_net), ex)
