@@ -335,39 +335,43 @@ def project_to_budget(
     chain = width_chain(model)
     ends = (float(chain[0]), float(chain[-1]))
 
-    def cost(widths: torch.Tensor) -> float:
-        return float(energy_model.predict([ends[0], *widths.tolist(), ends[1]]))
+    def cost(widths: torch.Tensor) -> torch.Tensor:
+        # a row of widths per chain: one batched prediction instead of one call per slot
+        rows = widths.reshape(-1, widths.shape[-1])
+        pad = rows.new_tensor(ends).expand(rows.shape[0], 2)
+        return energy_model.predict(torch.cat([pad[:, :1], rows, pad[:, 1:]], dim=1)).to(torch.float64)
+
+    def smallest_live(u: int) -> int:
+        live = alive[u].nonzero().flatten()
+        return int(live[torch.argmin(scores[u][live])])  # the first of equal minima: the lowest channel
 
     scores = [group_scores(slot) for slot in slots]
     alive = [sc > 0 for sc in scores]
     phi = torch.tensor([float(a.sum()) for a in alive], dtype=torch.float64)
-    current, removed = cost(phi), 0
+    # each slot's candidate (its smallest live group) changes only when that slot loses a group; a net of
+    # ~150 slots that must lose thousands of groups (ResNet-152) took ~40 s one prediction at a time
+    candidate = [smallest_live(u) if phi[u] > 1 else -1 for u in range(len(slots))]
+    current, removed = float(cost(phi)[0]), 0
     while current > budget:
-        best: tuple[float, int, int] | None = None
-        for u in range(len(slots)):
-            if phi[u] <= 1:
-                continue
-            live = alive[u].nonzero().flatten()
-            c = int(live[torch.argmin(scores[u][live])])
-            trial = phi.clone()
-            trial[u] -= 1
-            saved = current - cost(trial)
-            if saved <= 0:
-                continue
-            ratio = saved / max(float(scores[u][c]), 1e-30)
-            if best is None or ratio > best[0]:
-                best = (ratio, u, c)
-        if best is None:
+        eligible = (phi > 1).nonzero().flatten()
+        trials = phi.expand(len(eligible), -1).clone()
+        trials[torch.arange(len(eligible)), eligible] -= 1
+        saved = current - cost(trials) if len(eligible) else torch.zeros(0, dtype=torch.float64)
+        norms = torch.tensor([float(scores[u][candidate[u]]) for u in eligible.tolist()], dtype=torch.float64)
+        ratio = torch.where(saved > 0, saved / norms.clamp(min=1e-30), torch.full_like(saved, -math.inf))
+        if not bool((saved > 0).any()):
             raise ValueError(
                 f"cannot reach the budget {budget:.6g}: every slot is at width 1 (E = {current:.6g})"
             )
-        _, u, c = best
+        u = int(eligible[int(torch.argmax(ratio))])  # the first of equal maxima: the lowest slot
+        c = candidate[u]
         dead = torch.zeros_like(alive[u])
         dead[c] = True
         zero_groups(slots[u], dead)
         alive[u][c] = False
         phi[u] -= 1
-        current, removed = cost(phi), removed + 1
+        candidate[u] = smallest_live(u) if phi[u] > 1 else -1
+        current, removed = float(cost(phi)[0]), removed + 1
     return [int(p) for p in phi], removed
 
 

@@ -111,8 +111,10 @@ def _init_densenet_conv(conv: nn.Conv2d) -> None:
 
 
 def _make_resnet_builder(tv_name: str) -> Callable[..., TorchvisionResNet]:
-    def build(num_classes: int, in_channels: int) -> TorchvisionResNet:
-        model = getattr(_tvm, tv_name)(weights=None, num_classes=num_classes)
+    def build(num_classes: int, in_channels: int, zero_init_residual: bool = True) -> TorchvisionResNet:
+        model = getattr(_tvm, tv_name)(
+            weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
+        )
         if in_channels != 3:
             model.conv1 = _replace_first_conv(model.conv1, in_channels, _init_resnet_conv)
         return TorchvisionResNet.from_torchvision(model)
@@ -123,6 +125,10 @@ def _make_resnet_builder(tv_name: str) -> Callable[..., TorchvisionResNet]:
     Args:
         num_classes: Number of outputs.
         in_channels: Input channels; `conv1` is replaced when it is not 3.
+        zero_init_residual: Start the last BatchNorm scale of every residual branch at 0 (torchvision's
+            option; Goyal et al. 2017), so each block starts as the identity. Without it (torchvision's
+            default) a deep net's activations grow block by block, and after a few steps at lr 0.1 its
+            eval-mode outputs can overflow. Only the initialisation differs; keys and forward are torchvision's.
 
     Returns:
         The network (a `torchvision.models.ResNet`).

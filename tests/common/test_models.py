@@ -292,3 +292,28 @@ def test_resnet_width_scales_every_stage():
     ratio = sum(p.numel() for p in narrow.parameters()) / sum(p.numel() for p in full.parameters())
     assert 1 / 17 < ratio < 1 / 15
     assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet18_imagenet", "resnet50_imagenet"])
+def test_imagenet_resnets_start_each_residual_branch_at_zero_and_stay_finite_in_eval(name: str) -> None:
+    # With torchvision's default init, three SGD steps at lr 0.1 (batch 8) leave eval-mode outputs that
+    # overflow (validation loss 1.5e5 for ResNet-18, 6e23 for ResNet-50, nan for ResNet-101/152): a
+    # debug=fast run of ECC then pruned a net of nans. Zero-init residual branches keep them finite.
+    model = build_model(name, 10, 1, image_size=32)
+    last_bns = [
+        b.bn3 if hasattr(b, "bn3") else b.bn2 for layer in (model.layer1, model.layer4) for b in layer
+    ]
+    assert all(float(bn.weight.abs().max()) == 0.0 for bn in last_bns)
+    x, y = torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for step in range(3):
+        loss = nn.functional.cross_entropy(model(x[step * 8 : step * 8 + 8]), y[step * 8 : step * 8 + 8])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        val_loss = nn.functional.cross_entropy(model.eval()(x), y)
+    assert float(val_loss) < 20.0
+    # the option turns it off: torchvision's own initialisation
+    plain = build_model(name, 10, 1, image_size=32, zero_init_residual=False)
+    assert float(plain.layer1[0].bn2.weight.min()) == 1.0

@@ -113,6 +113,52 @@ def test_projection_to_budget_is_greedy_and_deterministic():
     assert widths[4] == min(widths)  # the dearest width goes first
 
 
+def test_projection_to_budget_matches_the_greedy_rule_one_prediction_at_a_time():
+    # the batched search (one prediction per removal, cached candidates) against the rule written plainly
+    from common.models import build_model
+    from ecc.admm import project_to_budget
+    from ecc.energy_model import BilinearEnergyModel
+    from ecc.prune import group_scores, width_chain, width_slots
+
+    def net():
+        torch.manual_seed(3)
+        return build_model("alexnet_small", num_classes=10, in_channels=3, image_size=32,
+                           widths=[6, 9, 7, 8, 5], hidden=[12, 10], dropout=0.0)  # fmt: skip
+
+    chain = width_chain(net())
+    em = BilinearEnergyModel(chain)
+    torch.manual_seed(4)
+    em.a.copy_(torch.rand(em.a.shape, dtype=torch.float64) * 3)
+    budget = 0.35 * em.dense_cost()
+    reference = net()
+    slots = width_slots(reference)
+    scores = [group_scores(slot).clone() for slot in slots]
+    alive = [sc > 0 for sc in scores]
+    phi = [int(a.sum()) for a in alive]
+    order = []
+    while float(em.predict([chain[0], *phi, chain[-1]])) > budget:
+        current = float(em.predict([chain[0], *phi, chain[-1]]))
+        best = None
+        for u in range(len(slots)):
+            if phi[u] <= 1:
+                continue
+            live = alive[u].nonzero().flatten()
+            c = int(live[torch.argmin(scores[u][live])])
+            saved = current - float(em.predict([chain[0], *phi[:u], phi[u] - 1, *phi[u + 1 :], chain[-1]]))
+            ratio = saved / max(float(scores[u][c]), 1e-30)
+            if saved > 0 and (best is None or ratio > best[0]):
+                best = (ratio, u, c)
+        _, u, c = best
+        alive[u][c] = False
+        phi[u] -= 1
+        order.append((u, c))
+    fast = net()
+    widths, removed = project_to_budget(fast, em, budget)
+    assert widths == phi and removed == len(order) > 5
+    for u, slot in enumerate(width_slots(fast)):
+        assert torch.equal(group_scores(slot) > 0, alive[u])
+
+
 def small_net(name):
     """A small ``name`` network: admm_hparams reads only its structure (MobileNet-style or not)."""
     from common.models import build_model
