@@ -91,16 +91,22 @@ def test_ecc_prunes_the_hidden_widths_of_the_default_mlp(cfg_factory, tmp_path):
     assert summary["dense_widths"] == [32, 32] and all(1 <= w <= 32 for w in summary["widths"])
 
 
-def test_projection_to_budget_is_greedy_and_deterministic():
+def tiny_alexnet(seed: int, widths: list[int], hidden: list[int]):
+    """A small alexnet_small, the same weights for the same seed (the fallback tests prune two copies)."""
     from common.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("alexnet_small", num_classes=10, in_channels=3, image_size=32,
+                       widths=widths, hidden=hidden, dropout=0.0)  # fmt: skip
+
+
+def test_projection_to_budget_is_greedy_and_deterministic():
     from ecc.admm import project_to_budget
     from ecc.energy_model import BilinearEnergyModel
     from ecc.prune import live_counts, width_chain
 
     def net():
-        torch.manual_seed(0)
-        return build_model("alexnet_small", num_classes=10, in_channels=3, image_size=32,
-                           widths=[8, 8, 8, 8, 8], hidden=[16, 16], dropout=0.0)  # fmt: skip
+        return tiny_alexnet(0, [8, 8, 8, 8, 8], [16, 16])
 
     chain = width_chain(net())
     em = BilinearEnergyModel(chain)
@@ -115,15 +121,12 @@ def test_projection_to_budget_is_greedy_and_deterministic():
 
 def test_projection_to_budget_matches_the_greedy_rule_one_prediction_at_a_time():
     # the batched search (one prediction per removal, cached candidates) against the rule written plainly
-    from common.models import build_model
     from ecc.admm import project_to_budget
     from ecc.energy_model import BilinearEnergyModel
     from ecc.prune import group_scores, width_chain, width_slots
 
     def net():
-        torch.manual_seed(3)
-        return build_model("alexnet_small", num_classes=10, in_channels=3, image_size=32,
-                           widths=[6, 9, 7, 8, 5], hidden=[12, 10], dropout=0.0)  # fmt: skip
+        return tiny_alexnet(3, [6, 9, 7, 8, 5], [12, 10])
 
     chain = width_chain(net())
     em = BilinearEnergyModel(chain)
