@@ -180,3 +180,57 @@ def test_paper_adamhd_updates_the_lr_per_tensor():
     v2 = 0.999 * v_b + 0.001 * gb * gb
     step_b = (lr_a + beta * hb) * (1 - 0.999**2) ** 0.5 / (1 - 0.9**2) * m2 / (v2.sqrt() + 1e-8)
     torch.testing.assert_close(b.detach(), b_before - step_b, rtol=1e-12, atol=1e-14)
+
+
+def _per_tensor_sgdhd(params, lr, momentum, dampening, nesterov, wd, beta, states):
+    """The SGD-HD default rule one tensor at a time, written out here: the reference any faster form must match."""
+    grads = [p.grad.add(p, alpha=wd) if wd else p.grad for p in params]
+    dots = [torch.sum(g * states[i]["u"]) for i, g in enumerate(grads) if "u" in states[i]]
+    h = float(torch.stack(dots).sum()) if dots else 0.0
+    lr = max(0.0, lr + beta * h)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        d = g
+        if momentum:
+            if "buf" not in states[i]:
+                states[i]["buf"] = g.clone()
+            else:
+                states[i]["buf"].mul_(momentum).add_(g, alpha=1 - dampening)
+            d = g.add(states[i]["buf"], alpha=momentum) if nesterov else states[i]["buf"]
+        states[i]["u"] = d.clone()
+        p.add_(d, alpha=-lr)
+    return lr
+
+
+@pytest.mark.parametrize(
+    ("momentum", "dampening", "nesterov", "wd"),
+    [(0.0, 0.0, False, 0.0), (0.9, 0.0, False, 5e-4), (0.9, 0.1, False, 0.0), (0.9, 0.0, True, 1e-2)],
+)
+def test_sgdhd_step_is_the_per_tensor_rule(momentum, dampening, nesterov, wd):
+    # several tensors of several shapes; the last one gets no gradient for its first two steps (fresh state
+    # beside kept state in one step)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (7,), (2, 3, 5), (1,)]
+    ours = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+    ref = [p.detach().clone() for p in ours]
+    opt = SGDHD(ours, lr=0.05, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=wd,
+                hypergrad_lr=1e-2)  # fmt: skip
+    lr, states = 0.05, [{} for _ in shapes]
+    for step in range(8):
+        live = list(range(len(shapes))) if step >= 2 else list(range(len(shapes) - 1))
+        grads = [torch.randn(shapes[i], generator=gen, dtype=torch.float64) + ref[i] for i in live]
+        for p in ours:
+            p.grad = None
+        for i, g in zip(live, grads):
+            ours[i].grad = g.clone()
+        opt.step()
+        with torch.no_grad():
+            refs = [ref[i] for i in live]
+            for p, g in zip(refs, grads):
+                p.grad = g.clone()
+            lr = _per_tensor_sgdhd(
+                refs, lr, momentum, dampening, nesterov, wd, 1e-2, [states[i] for i in live]
+            )
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12, abs=1e-15)
+        for p, r in zip(ours, ref):
+            torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-14)
+    assert opt.param_groups[0]["lr"] != 0.05  # the hypergradient moved it
