@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow test-gpu test-slurm bench lint format clean
+.PHONY: run test test-slow test-oldest test-gpu test-slurm bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,23 @@ test-gpu: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --timeout=3600
+
+# The oldest torch this machine's pip installs, in its own venv, on the parts that use torch most closely (the
+# optimizers' multi-tensor ops, the Trainer, checkpoints, SEDONA's pipeline): PyPI's CUDA build of torch 2.13.0 and
+# torchvision 0.28.0, which run on a CPU too ("===": the local 2.13.0+cpu torch has no CPU torchvision to match).
+OLDEST_VENV := .venv-oldest
+OLDEST_TESTS := tests/adatune tests/ecco tests/sedona tests/common/test_engine.py tests/common/test_trainer.py \
+	tests/common/test_checkpoint.py tests/common/test_peer_optimizers.py tests/ecc/test_admm.py
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet "torch===2.13.0" "torchvision===0.28.0"
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(OLDEST_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS)
 
 # starts (installing if needed) a one-node SLURM on localhost, then runs the tests marked slurm
 test-slurm: $(STAMP)
@@ -52,4 +69,4 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .ruff_cache
