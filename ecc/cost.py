@@ -117,16 +117,17 @@ class CudaLatency(CostBackend):
     name = "latency_cuda"
     unit = "s"
 
-    def __init__(self, batch: int = 1, repeats: int = 50, warmup: int = 10):
+    def __init__(self, batch: int = 1, repeats: int = 50, warmup: int = 10, device: str = "cuda"):
         super().__init__(batch)
         if not torch.cuda.is_available():
             raise CostBackendUnavailable("latency_cuda: no CUDA device here; use latency_cpu or macs")
         self.repeats, self.warmup = int(repeats), int(warmup)
+        self.device = torch.device(device)
 
     @torch.no_grad()
     def measure(self, model: nn.Module, example: torch.Tensor) -> float:
-        model = model.cuda().eval()
-        x = self._input(example, torch.device("cuda"))
+        model = model.to(self.device).eval()
+        x = self._input(example, self.device)
         for _ in range(self.warmup):
             model(x)
         torch.cuda.synchronize()
@@ -153,9 +154,16 @@ class NvmlEnergy(CostBackend):
     unit = "J"
 
     def __init__(
-        self, batch: int = 1, min_window_s: float = 2.0, subtract_idle: bool = True, device_index: int = 0
+        self,
+        batch: int = 1,
+        min_window_s: float = 2.0,
+        subtract_idle: bool = True,
+        device_index: int = 0,
+        device: str | None = None,
     ):
         super().__init__(batch)
+        # the GPU that runs the passes; NVML's counter is device_index's (the same GPU unless told otherwise)
+        self.device = torch.device(device if device is not None else f"cuda:{device_index}")
         try:
             import pynvml
         except ImportError:
@@ -186,8 +194,8 @@ class NvmlEnergy(CostBackend):
             e0, t0 = self._energy_j(), time.perf_counter()
             time.sleep(self.min_window_s)
             self.idle_w = (self._energy_j() - e0) / (time.perf_counter() - t0)
-        model = model.cuda().eval()
-        x = self._input(example, torch.device("cuda"))
+        model = model.to(self.device).eval()
+        x = self._input(example, self.device)
         for _ in range(10):
             model(x)
         torch.cuda.synchronize()
