@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -413,7 +414,8 @@ def markdown(rows: Sequence[dict], setting: Setting) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> None:
+def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> list[str]:
+    """``leaderboard.png``: one panel per network; returns the legend's labels (every contender of any panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -442,15 +444,21 @@ def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(net)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    # one legend for all panels: a contender run on only some networks still gets its entry
+    entries: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
     fig.legend(
-        handles, labels, loc="center right", fontsize=8, title="circles: Pareto front", title_fontsize=8
-    )
+        list(entries.values()), list(entries), loc="center right", fontsize=8, title="circles: Pareto front",
+        title_fontsize=8,
+    )  # fmt: skip
     fig.suptitle("Accuracy against tuning cost\n(mean ± std over seeds, dots: single seeds, dashed: Pareto front)",
                  fontsize=10)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / (5.5 * len(nets) + 2.8), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return list(entries)
 
 
 def write_report(runs: Sequence[Run], setting: Setting) -> list[dict]:

@@ -53,3 +53,18 @@ def test_autohyper_cost_reads_the_total_of_its_trials():
     # results.json's autohyper_trial_epochs is the search's total (13 trials of 5 epochs: 65), not one trial's
     assert autohyper_cost({"autohyper_trials": 13.0, "autohyper_trial_epochs": 65.0}) == (65.0, 5)
     assert autohyper_cost({"autohyper_trials": 3.0, "autohyper_trial_epochs": 6.0}) == (6.0, 2)
+
+
+def test_two_networks_give_two_panels_and_one_legend_of_every_contender(tmp_path):
+    from bench.leaderboard import figure
+
+    runs = [_run("grid", 0.7, 50), _run("adam", 0.6, 0), _run("adam", 0.62, 0, seed=1)]
+    # a contender run on the second network only (e.g. a leaderboard still filling) is in the legend too
+    wide = [Run(r.contender, "resnet18-w8", r.seed, r.test_acc + 0.2, r.val_acc, r.lr, r.tuning_epochs, 0.0, 0.0,
+                r.default) for r in runs] + [Run("ecco", "resnet18-w8", 0, 0.85, 0.85, None, 0.0, 0.0, 0.0, True)]  # fmt: skip
+    rows = summarize(runs + wide)
+    assert {(r["network"], r["contender"]) for r in rows if r["pareto"]} == {
+        ("net", "grid"), ("net", "adam"), ("resnet18-w8", "grid"), ("resnet18-w8", "ecco")
+    }  # fmt: skip
+    labels = figure(rows, runs + wide, tmp_path / "leaderboard.png")
+    assert labels == ["grid", "adam", "ecco"] and (tmp_path / "leaderboard.png").stat().st_size > 10_000
