@@ -303,7 +303,7 @@ def test_imagenet_resnets_start_each_residual_branch_at_zero_and_stay_finite_in_
     last_bns = [
         b.bn3 if hasattr(b, "bn3") else b.bn2 for layer in (model.layer1, model.layer4) for b in layer
     ]
-    assert all(float(bn.weight.abs().max()) == 0.0 for bn in last_bns)
+    assert all(float(bn.weight.detach().abs().max()) == 0.0 for bn in last_bns)
     x, y = torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for step in range(3):
@@ -316,4 +316,4 @@ def test_imagenet_resnets_start_each_residual_branch_at_zero_and_stay_finite_in_
     assert float(val_loss) < 20.0
     # the option turns it off: torchvision's own initialisation
     plain = build_model(name, 10, 1, image_size=32, zero_init_residual=False)
-    assert float(plain.layer1[0].bn2.weight.min()) == 1.0
+    assert float(plain.layer1[0].bn2.weight.detach().min()) == 1.0
