@@ -17,7 +17,9 @@ before the final training, in trial-epochs (epochs of training spent on choosing
 * ``HD`` and ``MARTHE`` (``method=adatune``) from the default LR; ``ECCO`` (``optimizer=ecco``);
 * ``Schedule-Free SGD/AdamW``, ``Prodigy``, ``D-Adapt Adam``, ``Adam 1e-3`` at their defaults.
 
-Selection reads the validation split only; each contender's test accuracy is that of its final run. Runs are
+Selection reads the validation split only; each contender's test accuracy is that of its final run. A run whose
+loss turns non-finite (a default that diverges on this network) is scored as chance (1 / classes) and marked by
+``diverged.json`` in its folder, so running the command again does not retrain it. Runs are
 folders under ``--out``: running the command again reuses every finished one (and resumes an interrupted one).
 It writes ``leaderboard.csv`` / ``.md`` (mean +- std over seeds per contender and network), ``runs.csv`` (one
 row per run) and ``leaderboard.png`` (test accuracy against tuning cost, one panel per network, seed spread as
@@ -111,13 +113,26 @@ def compose_cfg(overrides: Sequence[str], output_dir: Path):
 def train(setting: Setting, folder: Path, overrides: Sequence[str]) -> tuple[dict, float]:
     """``python -m launch <overrides>`` in-process into ``folder``; (results, seconds). A finished folder is
     returned as it is (its seconds: the training time it recorded)."""
+    from common.engine import NonFiniteLossError
     from launch.run import run
 
     cfg = compose_cfg([*setting.dataset, *setting.extra, *overrides], folder)
+    marker = folder / "diverged.json"
+    if marker.exists():  # diverged before: the same seed diverges again, so it is not retrained
+        return json.loads(marker.read_text()), 0.0
     finished = (folder / "results.json").exists()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        results = run(cfg)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = run(cfg)
+    except NonFiniteLossError as exc:
+        # a setting that diverges is a result of the board, not a crash of it: scored as chance
+        chance = 1.0 / int(cfg.dataset.num_classes)
+        results = {"test_acc": chance, "val_acc": chance, "diverged": 1.0, "error": str(exc)}
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        log.warning("%s diverged (%s): scored as chance, %.3f", folder, exc, chance)
+        return results, time.perf_counter() - start
     secs = time.perf_counter() - start
     if finished:
         secs = float(results.get("train_time_s", 0.0))

@@ -68,3 +68,23 @@ def test_two_networks_give_two_panels_and_one_legend_of_every_contender(tmp_path
     }  # fmt: skip
     labels = figure(rows, runs + wide, tmp_path / "leaderboard.png")
     assert labels == ["grid", "adam", "ecco"] and (tmp_path / "leaderboard.png").stat().st_size > 10_000
+
+
+def test_a_contender_that_diverges_is_scored_as_chance_and_not_retrained(tmp_path, monkeypatch):
+    import launch.run
+    from bench.leaderboard import Setting, train
+    from common.engine import NonFiniteLossError
+
+    calls = []
+
+    def diverging(cfg):
+        calls.append(cfg)
+        raise NonFiniteLossError("Training loss became nan at epoch 1, step 45.")
+
+    monkeypatch.setattr(launch.run, "run", diverging)
+    setting = Setting(tmp_path, ["dataset=shapes"], ["lenet5"], [0], 1, [0.1])
+    folder = tmp_path / "lenet5" / "marthe" / "0"
+    results, _ = train(setting, folder, ["method=adatune"])
+    assert results["test_acc"] == results["val_acc"] == 0.1 and results["diverged"] == 1.0
+    again, secs = train(setting, folder, ["method=adatune"])
+    assert again["test_acc"] == 0.1 and secs == 0.0 and len(calls) == 1
