@@ -114,12 +114,13 @@ def train(setting: Setting, folder: Path, overrides: Sequence[str]) -> tuple[dic
     """``python -m launch <overrides>`` in-process into ``folder``; (results, seconds). A finished folder is
     returned as it is (its seconds: the training time it recorded)."""
     from common.engine import NonFiniteLossError
+    from common.io import write_json_atomic
     from launch.run import run
 
-    cfg = compose_cfg([*setting.dataset, *setting.extra, *overrides], folder)
     marker = folder / "diverged.json"
     if marker.exists():  # diverged before: the same seed diverges again, so it is not retrained
         return json.loads(marker.read_text()), 0.0
+    cfg = compose_cfg([*setting.dataset, *setting.extra, *overrides], folder)
     finished = (folder / "results.json").exists()
     start = time.perf_counter()
     try:
@@ -130,7 +131,7 @@ def train(setting: Setting, folder: Path, overrides: Sequence[str]) -> tuple[dic
         chance = 1.0 / int(cfg.dataset.num_classes)
         results = {"test_acc": chance, "val_acc": chance, "diverged": 1.0, "error": str(exc)}
         folder.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json_atomic(marker, results)
         log.warning("%s diverged (%s): scored as chance, %.3f", folder, exc, chance)
         return results, time.perf_counter() - start
     secs = time.perf_counter() - start

@@ -357,12 +357,12 @@ def project_to_budget(
         trials = phi.expand(len(eligible), -1).clone()
         trials[torch.arange(len(eligible)), eligible] -= 1
         saved = current - cost(trials) if len(eligible) else torch.zeros(0, dtype=torch.float64)
-        norms = torch.tensor([float(scores[u][candidate[u]]) for u in eligible.tolist()], dtype=torch.float64)
-        ratio = torch.where(saved > 0, saved / norms.clamp(min=1e-30), torch.full_like(saved, -math.inf))
         if not bool((saved > 0).any()):
             raise ValueError(
                 f"cannot reach the budget {budget:.6g}: every slot is at width 1 (E = {current:.6g})"
             )
+        norms = torch.tensor([float(scores[u][candidate[u]]) for u in eligible.tolist()], dtype=torch.float64)
+        ratio = torch.where(saved > 0, saved / norms.clamp(min=1e-30), torch.full_like(saved, -math.inf))
         u = int(eligible[int(torch.argmax(ratio))])  # the first of equal maxima: the lowest slot
         c = candidate[u]
         dead = torch.zeros_like(alive[u])
