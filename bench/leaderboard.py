@@ -19,7 +19,8 @@ before the final training, in trial-epochs (epochs of training spent on choosing
 
 Selection reads the validation split only; each contender's test accuracy is that of its final run. A run whose
 loss turns non-finite (a default that diverges on this network) is scored as chance (1 / classes) and marked by
-``diverged.json`` in its folder, so running the command again does not retrain it. Runs are
+``diverged.json`` in its folder, so running the command again does not retrain it; the table names its seeds
+after the contender and the plot draws them as x. Runs are
 folders under ``--out``: running the command again reuses every finished one (and resumes an interrupted one).
 It writes ``leaderboard.csv`` / ``.md`` (mean +- std over seeds per contender and network), ``runs.csv`` (one
 row per run) and ``leaderboard.png`` (test accuracy against tuning cost, one panel per network, seed spread as
@@ -69,6 +70,7 @@ class Run:
     train_s: float
     default: bool
     folder: str = ""
+    diverged: bool = False  # its loss turned non-finite: scored as chance (1 / classes)
 
 
 @dataclass
@@ -159,7 +161,8 @@ def defaults_contender(name: str, overrides: Sequence[str]) -> Callable[[Setting
             setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}", *overrides]
         )
         lr = res.get("autohyper_lr") or final_lr(folder)
-        return Run(name, net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, secs, True, str(folder))
+        return Run(name, net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, secs, True, str(folder),
+                   diverged(res))  # fmt: skip
 
     return contender
 
@@ -174,7 +177,7 @@ def grid_contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> 
     _, _, lr, best, _, folder = max(runs, key=lambda r: (r[0], r[1]))  # ties: the smaller LR
     cost_s = sum(r[4] for r in runs)
     return Run("grid (oracle)", net, seed, best["test_acc"], best["val_acc"], lr,
-               len(setting.grid) * setting.epochs, cost_s, 0.0, False, str(folder))  # fmt: skip
+               len(setting.grid) * setting.epochs, cost_s, 0.0, False, str(folder), diverged(best))  # fmt: skip
 
 
 def autohyper_contender(mode: str) -> Callable[[Setting, str, list[str], int], Run]:
@@ -184,10 +187,10 @@ def autohyper_contender(mode: str) -> Callable[[Setting, str, list[str], int], R
         folder = setting.out / net / slug(name) / str(seed)
         res, secs = train(setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
                                             "method=autohyper", f"method.mode={mode}", *setting.autohyper])  # fmt: skip
-        trial_epochs, _ = autohyper_cost(res)
+        total, _, search_s = autohyper_spent(folder, res)
         # train_time_s: the final training's own time (the search's is autohyper_search_s)
-        return Run(name, net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"], trial_epochs,
-                   res["autohyper_search_s"], float(res["train_time_s"]), False, str(folder))  # fmt: skip
+        return Run(name, net, seed, res["test_acc"], res["val_acc"], res.get("autohyper_lr"), total, search_s,
+                   float(res.get("train_time_s", secs)), False, str(folder), diverged(res))  # fmt: skip
 
     return contender
 
@@ -199,14 +202,38 @@ def autohyper_cost(results: dict) -> tuple[float, int]:
     return total, max(1, round(total / trials))
 
 
+def autohyper_spent(folder: Path, results: dict) -> tuple[float, int, float]:
+    """(trial-epochs in all, epochs of one trial, search seconds) of the autoHyper run in ``folder``: from its
+    results, or, when its final training diverged (no autoHyper figures in its results), from the search's own
+    record ``search/trials.jsonl`` (one line per trial, with its per-epoch metrics and seconds)."""
+    if "autohyper_trial_epochs" in results:
+        total, trial_epochs = autohyper_cost(results)
+        return total, trial_epochs, float(results["autohyper_search_s"])
+    record = folder / "search" / "trials.jsonl"
+    trials = (
+        [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        if record.exists()
+        else []
+    )
+    if not trials:
+        return 0.0, 1, 0.0
+    trial_epochs = max(1, len(trials[0].get("z_per_epoch", [])))
+    return float(len(trials) * trial_epochs), trial_epochs, sum(float(t.get("seconds", 0.0)) for t in trials)
+
+
+def diverged(results: dict) -> bool:
+    return bool(results.get("diverged"))
+
+
 def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], Run]:
     name = "optuna TPE" if sampler == "tpe" else "random search"
 
     def contender(setting: Setting, net: str, net_ov: list[str], seed: int) -> Run:
         # the same trial budget as autoHyper's default mode on this seed (it runs first: its folder is reused)
         ah = autohyper_contender("improved")(setting, net, net_ov, seed)
-        ah_res = json.loads((Path(ah.folder) / "results.json").read_text())
-        budget, trial_epochs = autohyper_cost(ah_res)
+        ah_folder = Path(ah.folder)
+        ah_res = json.loads((ah_folder / ("diverged.json" if ah.diverged else "results.json")).read_text())
+        budget, trial_epochs, _ = autohyper_spent(ah_folder, ah_res)
         n_trials = max(1, round(budget / trial_epochs))
         sweep = setting.out / net / slug(name) / str(seed) / "search"
         if not (sweep / "optuna_best.json").exists():
@@ -232,7 +259,7 @@ def optuna_contender(sampler: str) -> Callable[[Setting, str, list[str], int], R
         res, secs = train(setting, folder, [*net_ov, f"seed={seed}", f"trainer.epochs={setting.epochs}",
                                             "optimizer=sgd_momentum", "scheduler=cosine", f"optimizer.lr={lr!r}"])  # fmt: skip
         return Run(name, net, seed, res["test_acc"], res["val_acc"], lr, n_trials * trial_epochs, search_s, secs,
-                   False, str(folder))  # fmt: skip
+                   False, str(folder), diverged(res))  # fmt: skip
 
     return contender
 
@@ -284,7 +311,8 @@ def lr_range_test_contender(setting: Setting, net: str, net_ov: list[str], seed:
                                                   "optimizer=sgd_momentum", "scheduler=cosine",
                                                   f"optimizer.lr={found['lr']!r}"])  # fmt: skip
     return Run(name, net, seed, res["test_acc"], res["val_acc"], found["lr"],
-               found["steps"] / found["steps_per_epoch"], found["seconds"], secs, False, str(folder / "final"))  # fmt: skip
+               found["steps"] / found["steps_per_epoch"], found["seconds"], secs, False, str(folder / "final"),
+               diverged(res))  # fmt: skip
 
 
 def slug(name: str) -> str:
@@ -341,11 +369,24 @@ def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
         config = job_overrides(job).get("contender")
         if config is None:
             continue
-        if not (job / "results.json").exists():
+        failed = job / "failed.json"
+        failure = json.loads(failed.read_text()) if failed.exists() else {}
+        cfg_file = job / "config_resolved.yaml"
+        cfg = OmegaConf.load(cfg_file if cfg_file.exists() else job / ".hydra" / "config.yaml")
+        if failure.get("error") == "NonFiniteLossError":
+            # a default that diverges is a result, scored as chance as the local board does
+            chance = 1.0 / int(cfg.dataset.num_classes)
+            res = {
+                "test_acc": chance,
+                "val_acc": chance,
+                "diverged": 1.0,
+                "error": failure.get("message", ""),
+            }
+        elif not (job / "results.json").exists():
             skipped.append(f"{job.name} ({config}): no results.json")
             continue
-        res = json.loads((job / "results.json").read_text())
-        cfg = OmegaConf.load(job / "config_resolved.yaml")
+        else:
+            res = json.loads((job / "results.json").read_text())
         width = OmegaConf.select(cfg, "network.width")
         net = str(cfg.network.name) + (f"-w{width}" if width not in (None, 64) else "")
         seed, e = int(cfg.seed), int(cfg.trainer.epochs)
@@ -355,15 +396,15 @@ def runs_from_sweep(sweep_dir: Path) -> tuple[list[Run], Setting, list[str]]:
         train_s = float(res.get("train_time_s", 0.0))
         if config.startswith(GRID_CONFIG_PREFIX):
             run = Run("grid (oracle)", net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, train_s, False,
-                      str(job))  # fmt: skip
+                      str(job), diverged(res))  # fmt: skip
             grid.setdefault((net, seed), []).append((float(lr), e, run))
         elif config in ("autohyper", "autohyper_paper"):
-            runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], res["autohyper_lr"],
-                            autohyper_cost(res)[0], float(res["autohyper_search_s"]), train_s, False,
-                            str(job)))  # fmt: skip
+            total, _, search_s = autohyper_spent(job, res)
+            runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], res.get("autohyper_lr"),
+                            total, search_s, train_s, False, str(job), diverged(res)))  # fmt: skip
         elif config in by_config:
             runs.append(Run(by_config[config], net, seed, res["test_acc"], res["val_acc"], lr, 0.0, 0.0, train_s,
-                            True, str(job)))  # fmt: skip
+                            True, str(job), diverged(res)))  # fmt: skip
         else:
             skipped.append(f"{job.name}: unknown contender {config}")
     for (_net, _seed), points in grid.items():
@@ -401,6 +442,7 @@ def summarize(runs: Sequence[Run]) -> list[dict]:
                 "train_s": statistics.fmean(r.train_s for r in mine),
                 "default": all(r.default for r in mine),
                 "lr": "; ".join(f"{r.lr:.3g}" for r in mine if r.lr is not None),
+                "diverged_seeds": ",".join(str(r.seed) for r in mine if r.diverged),
             })  # fmt: skip
     for row in rows:
         row["pareto"] = not any(
@@ -416,14 +458,17 @@ def markdown(rows: Sequence[dict], setting: Setting) -> str:
     lines = [
         f"Test accuracy (mean ± std over seeds {','.join(map(str, setting.seeds))}) after {setting.epochs} epochs "
         f"on {' '.join([*setting.dataset, *setting.extra]) or 'the default data set'}; tuning cost in trial-epochs before the final "
-        "training and in seconds (this machine); * on the Pareto front (accuracy vs trial-epochs) of its network.",
+        "training and in seconds (this machine); * on the Pareto front (accuracy vs trial-epochs) of its network; "
+        "a seed whose loss turned non-finite is scored as chance and named after the contender.",
         "",
         "| network | contender | test acc | tuning (trial-epochs) | tuning (s) | final train (s) | default | LR per seed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["network"], -r["test_acc_mean"])):
+        seeds = r.get("diverged_seeds", "")
+        note = f" (diverged: seed{'s' if ',' in seeds else ''} {seeds})" if seeds else ""
         lines.append(
-            f"| {r['network']} | {r['contender']}{' *' if r['pareto'] else ''} | {100 * r['test_acc_mean']:.1f} ± "
+            f"| {r['network']} | {r['contender']}{' *' if r['pareto'] else ''}{note} | {100 * r['test_acc_mean']:.1f} ± "
             f"{100 * r['test_acc_std']:.1f} | {r['tuning_epochs']:.1f} | {r['tuning_s']:.0f} | {r['train_s']:.0f} | "
             f"{'yes' if r['default'] else 'no'} | {r['lr']} |"
         )
@@ -449,8 +494,12 @@ def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> list[str]:
             ax.errorbar(x, 100 * r["test_acc_mean"], yerr=100 * r["test_acc_std"], fmt="o" if r["pareto"] else "s",
                         color=colour, capsize=3, markersize=9 if r["pareto"] else 6, markeredgecolor="k",
                         label=r["contender"])  # fmt: skip
-            seeds = [100 * s.test_acc for s in runs if s.network == net and s.contender == r["contender"]]
-            ax.scatter([x] * len(seeds), seeds, color=colour, s=10, alpha=0.6)
+            seeds = [s for s in runs if s.network == net and s.contender == r["contender"]]
+            for gone, marker in ((False, "o"), (True, "x")):  # x: a seed that diverged, scored as chance
+                accs = [100 * s.test_acc for s in seeds if s.diverged == gone]
+                ax.scatter(
+                    [x] * len(accs), accs, color=colour, s=10 if not gone else 30, alpha=0.6, marker=marker
+                )
         front = sorted((r for r in mine if r["pareto"]), key=lambda r: r["tuning_epochs"])
         ax.plot(
             [r["tuning_epochs"] + 1 for r in front], [100 * r["test_acc_mean"] for r in front], "k--", lw=0.8
@@ -469,7 +518,8 @@ def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> list[str]:
         list(entries.values()), list(entries), loc="center right", fontsize=8, title="circles: Pareto front",
         title_fontsize=8,
     )  # fmt: skip
-    fig.suptitle("Accuracy against tuning cost\n(mean ± std over seeds, dots: single seeds, dashed: Pareto front)",
+    fig.suptitle("Accuracy against tuning cost\n(mean ± std over seeds, dots: single seeds, x: a seed that diverged, "
+                 "dashed: Pareto front)",
                  fontsize=10)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / (5.5 * len(nets) + 2.8), 1))
     fig.savefig(path, dpi=110)

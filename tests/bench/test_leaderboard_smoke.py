@@ -88,3 +88,39 @@ def test_a_contender_that_diverges_is_scored_as_chance_and_not_retrained(tmp_pat
     assert results["test_acc"] == results["val_acc"] == 0.1 and results["diverged"] == 1.0
     again, secs = train(setting, folder, ["method=adatune"])
     assert again["test_acc"] == 0.1 and secs == 0.0 and len(calls) == 1
+
+
+def test_a_diverged_seed_is_named_in_the_table_and_the_runs(tmp_path, monkeypatch):
+    import launch.run
+    from bench.leaderboard import Setting, defaults_contender, markdown
+    from common.engine import NonFiniteLossError
+
+    def diverging(cfg):
+        raise NonFiniteLossError("Training loss became nan at epoch 1, step 45.")
+
+    monkeypatch.setattr(launch.run, "run", diverging)
+    setting = Setting(tmp_path, ["dataset=shapes"], ["lenet5"], [0, 1], 1, [0.1])
+    marthe = defaults_contender("MARTHE", ["+contender=marthe"])
+    gone = [marthe(setting, "net", ["network=lenet5"], seed) for seed in (0, 1)]
+    assert all(r.diverged and r.test_acc == 0.1 for r in gone)
+    rows = summarize([*gone, _run("adam", 0.8, 0), _run("adam", 0.82, 0, seed=1)])
+    by_name = {r["contender"]: r for r in rows}
+    assert by_name["MARTHE"]["diverged_seeds"] == "0,1" and by_name["adam"]["diverged_seeds"] == ""
+    table = markdown(rows, setting)
+    assert "| net | MARTHE (diverged: seeds 0,1) | 10.0 ± 0.0 |" in table
+    assert "| net | adam * | 81.0 ± 1.4 |" in table and "adam (diverged" not in table
+
+
+def test_autohyper_cost_of_a_run_whose_final_training_diverged_comes_from_its_trials(tmp_path):
+    from bench.leaderboard import autohyper_spent
+
+    # a finished run: its results' figures
+    assert autohyper_spent(tmp_path, {"autohyper_trials": 4.0, "autohyper_trial_epochs": 20.0,
+                                      "autohyper_search_s": 12.5}) == (20.0, 5, 12.5)  # fmt: skip
+    # diverged in the final training: results.json is the chance record; the search wrote one line per trial
+    (tmp_path / "search").mkdir()
+    lines = [{"index": i, "lr": 0.01 * (i + 1), "z": 1.0, "z_per_epoch": [1.0, 1.0, 1.0], "seconds": 2.0 + i}
+             for i in range(4)]  # fmt: skip
+    (tmp_path / "search" / "trials.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert autohyper_spent(tmp_path, {"test_acc": 0.1, "diverged": 1.0}) == (12.0, 3, 14.0)
+    assert autohyper_spent(tmp_path / "none", {"diverged": 1.0}) == (0.0, 1, 0.0)

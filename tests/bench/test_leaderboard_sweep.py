@@ -73,6 +73,24 @@ def test_a_sweep_of_the_experiment_gives_the_leaderboard(tmp_path):
     assert float(runs["grid (oracle)"]["lr"]) == best and float(rows["grid (oracle)"]["tuning_epochs"]) == 2
     assert float(rows["autoHyper"]["tuning_epochs"]) >= 1 and rows["Adam 1e-3"]["default"] == "True"
     assert (sweep / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+    # jobs whose loss turned non-finite (launch marks them failed.json) are scored as chance, as on the local
+    # board; autoHyper's search cost then comes from its trials' record
+    for job in (2, 3):
+        (sweep / str(job) / "results.json").unlink()
+        (sweep / str(job) / "failed.json").write_text(
+            json.dumps(
+                {"error": "NonFiniteLossError", "message": "Training loss became nan at epoch 1, step 2."}
+            )
+        )
+    proc = run_cli("--from-sweep", str(sweep), cwd=tmp_path, module="bench.leaderboard")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = {r["contender"]: r for r in csv.DictReader((sweep / "leaderboard.csv").open())}
+    assert list(again) == list(rows) and again["Adam 1e-3"]["diverged_seeds"] == "0"
+    assert (
+        float(again["Adam 1e-3"]["test_acc_mean"]) == 0.1 and again["grid (oracle)"]["diverged_seeds"] == ""
+    )
+    assert again["autoHyper"]["tuning_epochs"] == rows["autoHyper"]["tuning_epochs"]
+    assert "| lenet5 | autoHyper (diverged: seed 0) | 10.0 ± 0.0 |" in (sweep / "leaderboard.md").read_text()
 
 
 def test_from_sweep_of_a_missing_folder_is_one_line(tmp_path):
