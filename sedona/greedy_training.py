@@ -172,19 +172,26 @@ def decoupling_from_file(path: str | Path, num_blocks: int) -> Decoupling:
 
 
 def resolve_decoupling(
-    spec: str, arch: str | None, num_units: int, num_blocks: int, net: DecoupledNet | None = None, probe=None
+    spec: str,
+    arch: str | None,
+    num_units: int,
+    num_blocks: int,
+    net: DecoupledNet | None = None,
+    probe=None,
+    measure: str = "saved",
 ) -> Decoupling:
     """``uniform``, ``balanced``, ``found`` (the original's search result for ``arch``) or a ``decoupling.json``.
 
-    ``balanced`` (the cuts that minimise the heaviest block's activation memory, :mod:`sedona.memory`) needs
-    ``net`` and a ``probe`` batch ``(x, y)``; its heads are the net's default ``aux``.
+    ``balanced`` (the cuts that minimise the heaviest block's memory, :mod:`sedona.memory`; ``measure``:
+    ``saved`` activation bytes or the ``allocator``'s step peak) needs ``net`` and a ``probe`` batch ``(x, y)``;
+    its heads are the net's default ``aux``.
     """
     if num_blocks == 1 or spec == "uniform":
         return uniform_split(num_units, num_blocks)
     if spec == "balanced":
         if net is None or probe is None:
             raise ValueError("method.decoupling=balanced needs the network and a probe batch")
-        return balanced_decoupling(net, num_blocks, *probe)
+        return balanced_decoupling(net, num_blocks, *probe, measure=measure)
     if spec == "found":
         if arch is None:
             raise ValueError(
@@ -211,14 +218,37 @@ def build_backbone(
     return net.to(device)
 
 
+def balance_measure(balance_by: str, device: torch.device) -> str:
+    """What ``method.decoupling=balanced`` balances: ``method.balance_by``, where ``auto`` is the allocator's step
+    peak on CUDA (workspaces dominate there, and measuring is quick) and the saved activation bytes elsewhere
+    (on the CPU they are most of the peak, and the profiler the allocator peak needs there is slow)."""
+    if balance_by == "auto":
+        return "allocator" if torch.device(device).type == "cuda" else "saved"
+    return balance_by
+
+
 def build_net(cfg: DictConfig, data: DataBundle, device: torch.device) -> tuple[DecoupledNet, Decoupling]:
     """The decoupled network of ``cfg`` (backbone first, then the heads of the chosen decoupling)."""
     m = cfg.method
     x, y = next(iter(data.test.epoch_iter(0)))
     net = build_backbone(cfg, data, device, tuple(x.shape[1:]))
-    # a few samples suffice for the balanced split: a block's activation bytes are linear in the batch size
-    probe = (x[:4].to(device), y[:4].to(device))
-    dec = resolve_decoupling(m.decoupling, original_arch(cfg), net.num_units, m.num_blocks, net, probe)
+    measure = balance_measure(m.balance_by, device)
+    if measure == "saved":
+        # a block's saved activation bytes are linear in the batch size: a few samples suffice
+        probe = (x[:4].to(device), y[:4].to(device))
+    else:
+        # the allocator's peak is not (cuDNN workspaces): a batch of the training size (its content is moot)
+        n = int(cfg.dataset.batch_size)
+        reps = -(-n // x.shape[0])
+        probe = (x.repeat(reps, *([1] * (x.dim() - 1)))[:n].to(device), y.repeat(reps)[:n].to(device))
+    dec = resolve_decoupling(
+        m.decoupling, original_arch(cfg), net.num_units, m.num_blocks, net, probe, measure
+    )
+    if m.decoupling == "balanced" and m.num_blocks > 1:
+        what = "saved activation bytes" if measure == "saved" else f"{device.type} allocator step peak"
+        log.info(
+            "sedona: balanced split by the %s (probe batch %d): ends %s", what, len(probe[0]), dec.block_ends
+        )
     net.set_decoupling(dec)
     return net, dec
 

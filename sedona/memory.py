@@ -8,8 +8,15 @@ the first four units of sixteen hold more than half). ``balanced_split`` chooses
 heaviest block instead (``method.decoupling=balanced``), which is where K blocks save the most memory.
 
 The meter counts every storage once, however many ops save it (a ReLU's output is saved by the ReLU and by
-the convolution after it), and leaves out the parameters (held anyway): the bytes a CUDA allocator would hold
-for backward, measured on any device.
+the convolution after it), and leaves out the parameters (held anyway): the bytes autograd holds for backward,
+the same on any device and linear in the batch size, so a few samples measure it.
+
+What the allocator reaches is more: during a block's backward it also holds the gradients, operator
+temporaries and, on a GPU, cuDNN's convolution workspaces, which can dominate the saved activations (the
+backward of VGG-19's 32-px convolutions on an H200) and do not scale with the batch. ``block_peaks`` measures
+each candidate block's real step peak with the device's allocator (:mod:`common.memory`) at the training
+batch size, and ``balanced_decoupling(..., measure="allocator")`` balances that instead
+(``method.balance_by``; ``auto``: the allocator on CUDA, the meter elsewhere).
 """
 
 from __future__ import annotations
@@ -115,6 +122,55 @@ def block_costs(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str |
     return costs
 
 
+def block_peaks(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+    """``C[i, j]``: the allocator's peak (bytes above the start) of one step of the block of units ``i..j`` and
+    its head on the batch ``(x, y)``: forward from the block's detached input, loss, backward (gradients from
+    None), on ``x``'s device (:func:`common.memory.peak_bytes`).
+
+    Heads as in :func:`block_costs`; measured on a copy of the net under a forked RNG (the caller's net and random
+    stream are untouched), each block's step after one unmeasured step of the same block. The peak is not linear
+    in the batch size on a GPU (workspaces): pass a batch of the training size.
+    """
+    from common.memory import peak_bytes
+
+    L = net.num_units
+    device = x.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe = copy.deepcopy(net)
+        probe.train()
+        for unit in range(L - 1):
+            probe.add_head(unit, kind)
+        with torch.no_grad():  # the input of every candidate first unit
+            inputs = []
+            h = x.clone()
+            for unit in probe.units:
+                inputs.append(h)
+                h = unit(h)
+
+        def head_loss(j: int, h: torch.Tensor) -> torch.Tensor:
+            if j == L - 1:
+                return torch.nn.functional.cross_entropy(probe.classifier(h), y)
+            return probe.aux[str(j)].forward_loss(h, y, probe.label_smoothing)[0]
+
+        def step(i: int, j: int) -> None:
+            h = inputs[i].detach()
+            for u in range(i, j + 1):
+                h = probe.units[u](h)
+            head_loss(j, h).backward()
+
+        costs = torch.zeros(L, L, dtype=torch.float64)
+        for i in range(L):
+            for j in range(i, L):
+                # the block's step once unmeasured: what its first step alone allocates for good (cuDNN's
+                # choice of algorithms and handles, the allocator's first blocks) is not its step's peak
+                probe.zero_grad(set_to_none=True)
+                step(i, j)
+                probe.zero_grad(set_to_none=True)
+                costs[i, j] = peak_bytes(lambda i=i, j=j: step(i, j), device)
+        probe.zero_grad(set_to_none=True)
+    return costs
+
+
 def balanced_split(costs: torch.Tensor, num_blocks: int) -> tuple[int, ...]:
     """Block ends of the K-block split minimising the heaviest block's cost (``costs`` from :func:`block_costs`).
 
@@ -144,9 +200,25 @@ def balanced_split(costs: torch.Tensor, num_blocks: int) -> tuple[int, ...]:
     return tuple(reversed(ends))
 
 
+MEASURES = ("saved", "allocator")
+
+
 def balanced_decoupling(
-    net: DecoupledNet, num_blocks: int, x: torch.Tensor, y: torch.Tensor, kind: str | None = None
+    net: DecoupledNet,
+    num_blocks: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: str | None = None,
+    measure: str = "saved",
 ) -> Decoupling:
-    """The memory-balanced :class:`Decoupling` of ``net`` into ``num_blocks`` blocks (heads of kind ``kind``)."""
-    ends = balanced_split(block_costs(net, x, y, kind), num_blocks)
+    """The memory-balanced :class:`Decoupling` of ``net`` into ``num_blocks`` blocks (heads of kind ``kind``).
+
+    ``measure``: ``saved`` balances the activation bytes autograd saves (:func:`block_costs`; a few samples
+    suffice), ``allocator`` the allocator's real step peak per block (:func:`block_peaks`; pass a training-size
+    batch).
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}; got {measure!r}")
+    costs = block_costs(net, x, y, kind) if measure == "saved" else block_peaks(net, x, y, kind)
+    ends = balanced_split(costs, num_blocks)
     return Decoupling(block_ends=ends, heads=(kind,) * (num_blocks - 1))

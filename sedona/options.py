@@ -90,10 +90,13 @@ class SedonaConfig(GreedyOptions):
         num_blocks: K, the number of gradient-isolated blocks (1: end-to-end backprop).
         decoupling: ``uniform``, ``balanced``, ``found`` (the original search's result, shipped) or the path of a
             ``decoupling.json`` (a search result holding K, or one decoupling with K blocks).
+        balance_by: what ``balanced`` balances: ``saved`` (activation bytes autograd saves), ``allocator`` (the
+            device allocator's step peak per block, workspaces included) or ``auto`` (allocator on CUDA).
     """
 
     num_blocks: int = option(ge=1)
     decoupling: str = option()
+    balance_by: str = option("auto", choices=("auto", "saved", "allocator"))
 
     def check(self, cfg: DictConfig) -> None:
         """The devices, and a decoupling that exists for this network at K = ``num_blocks``."""

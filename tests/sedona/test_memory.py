@@ -113,3 +113,139 @@ def test_method_sedona_with_the_balanced_split(cfg_factory, tmp_path):
     x, y = torch.randn(4, 1, 32, 32), torch.arange(4)
     assert tuple(dec["block_ends"]) == balanced_split(block_costs(net, x, y), 4) != (3, 7, 11, 15)
     assert dec["heads"] == [None] * 3  # the net's aux (mlp_sr), as for the uniform split
+
+
+class _Workspace(torch.autograd.Function):
+    """Identity whose backward needs a large scratch buffer, as a cuDNN convolution's backward does: the
+    allocator sees it, the saved-tensor meter cannot."""
+
+    @staticmethod
+    def forward(ctx, x, nbytes):
+        ctx.nbytes = nbytes
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        scratch = torch.empty(ctx.nbytes, dtype=torch.uint8).fill_(1)
+        out = g * scratch[:1].float()  # the result depends on the scratch: it is held while computed
+        del scratch
+        return out, None
+
+
+class _Unit(nn.Module):
+    def __init__(self, channels: int, workspace: int = 0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.workspace = workspace
+
+    def forward(self, x):
+        h = torch.relu(x * self.scale)
+        return _Workspace.apply(h, self.workspace) if self.workspace else h
+
+
+class _WorkspaceNet(nn.Module):
+    """Six units of equal activation bytes; the third one's backward needs a scratch of ten activations."""
+
+    def __init__(self, channels=16, size=32, batch=16):
+        super().__init__()
+        act = batch * channels * size * size * 4
+        self.units = nn.ModuleList([_Unit(channels, 10 * act if u == 2 else 0) for u in range(6)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+    def blocks(self):
+        return [*self.units, self.head]
+
+    def forward(self, x):
+        for unit in self.units:
+            x = unit(x)
+        return self.head(x)
+
+
+def test_balancing_the_allocator_peak_cuts_around_a_workspace_the_saved_bytes_cannot_see():
+    from common.memory import peak_bytes
+    from sedona.memory import balanced_decoupling, block_peaks
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 16, 32, 32), torch.randint(0, 10, (16,))
+    net = build_decoupled(_WorkspaceNet(), 10, 16, input_shape=(16, 32, 32), aux="mlp_sr", heads=False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    peaks = block_peaks(net, x, y)
+    assert len(net.aux) == 0 and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    saved = block_costs(net, x, y)
+    # the allocator sees what autograd saves, and the scratch of unit 2's backward in every block holding it
+    act = 16 * 16 * 32 * 32 * 4
+    assert bool((peaks >= saved).all())
+    holds = [(i, j) for i in range(6) for j in range(i, 6) if i <= 2 <= j]
+    assert all(peaks[i, j] >= 10 * act for i, j in holds)
+    assert all(peaks[i, j] < 10 * act for i in range(6) for j in range(i, 6) if (i, j) not in holds)
+    # the scratch is needed while the saved tensors of the units before unit 2 in its block are still held: the
+    # block that starts at unit 2 peaks lowest
+    assert peaks[2, 5] < peaks[1, 5] < peaks[0, 5]
+    by_saved = balanced_decoupling(net, 2, x, y, measure="saved")
+    by_allocator = balanced_decoupling(net, 2, x, y, measure="allocator")
+    assert by_saved.block_ends == (2, 5)  # equal units: three and three
+    assert by_allocator.block_ends == (1, 5)  # unit 2 opens the second block
+
+    def step_peak(dec):  # the real per-block step, as greedy training runs it
+        net.set_decoupling(dec)
+        net.zero_grad(set_to_none=True)
+
+        def step():
+            for loss, _ in net.block_outputs(x, y, dec):
+                loss.backward()
+                del loss
+
+        step()  # warm-up
+        net.zero_grad(set_to_none=True)
+        return peak_bytes(step, "cpu")
+
+    real = {dec.block_ends: step_peak(dec) for dec in (by_saved, by_allocator)}
+    assert real[(1, 5)] < real[(2, 5)] - 0.5 * act
+    for ends, peak in real.items():
+        # the probe's heaviest block is the real step's peak, less what a step also holds across blocks (the
+        # previous block's output handed on, its gradients): at most about one activation here
+        starts = (0, *(e + 1 for e in ends[:-1]))
+        heaviest = max(float(peaks[s, e]) for s, e in zip(starts, ends))
+        assert heaviest <= peak <= heaviest + 1.25 * act
+
+
+def test_balance_by_auto_is_the_allocator_on_cuda_and_the_saved_bytes_elsewhere():
+    import pytest
+
+    from sedona.greedy_training import balance_measure
+    from sedona.memory import balanced_decoupling
+
+    assert balance_measure("auto", torch.device("cuda:0")) == "allocator"
+    assert balance_measure("auto", torch.device("cpu")) == "saved"
+    assert balance_measure("allocator", torch.device("cpu")) == "allocator"
+    net = build_decoupled(_WorkspaceNet(), 10, 16, input_shape=(16, 32, 32), heads=False)
+    with pytest.raises(ValueError, match="saved, allocator"):
+        balanced_decoupling(net, 2, torch.randn(2, 16, 32, 32), torch.arange(2), measure="peak")
+
+
+def test_method_sedona_balanced_by_the_allocator_peak(cfg_factory, tmp_path, caplog):
+    import logging
+
+    from launch.run import run
+
+    caplog.set_level(logging.INFO, logger="sedona")
+
+    cfg = cfg_factory(
+        "method=sedona",
+        "network=vgg19",
+        "method.decoupling=balanced",
+        "method.balance_by=allocator",
+        "method.num_blocks=4",
+        "method.feat_mult=0.25",
+        "trainer.limit_train_batches=1",
+    )
+    results = run(cfg)
+    assert results["num_blocks"] == 4
+    dec = json.loads((tmp_path / "run" / "decoupling.json").read_text())
+    assert len(dec["block_ends"]) == 4 and dec["block_ends"][-1] == 15
+    log = caplog.text
+    batch = int(cfg.dataset.batch_size)  # the probe is a batch of the training size, not 4 samples
+    assert (
+        f"balanced split by the cpu allocator step peak (probe batch {batch}): ends {tuple(dec['block_ends'])}"
+        in log
+    )

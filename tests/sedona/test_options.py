@@ -51,6 +51,7 @@ SEDONA = [
     *GREEDY,
     ("method.num_blocks=0", r"method.num_blocks must be in \[1, inf\); got 0"),
     ("method.num_blocks=two", "method.num_blocks"),
+    ("method.balance_by=peak", "method.balance_by must be one of auto, saved, allocator"),
     ("+method.blocks=4", "method.blocks"),
     (
         "method.decoupling=even",
