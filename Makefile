@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 # torchvision 0.28.0, which run on a CPU too ("===": the local 2.13.0+cpu torch has no CPU torchvision to match).
 OLDEST_VENV := .venv-oldest
 OLDEST_TESTS := tests/adatune tests/ecco tests/sedona tests/common/test_engine.py tests/common/test_trainer.py \
-	tests/common/test_checkpoint.py tests/common/test_peer_optimizers.py tests/ecc/test_admm.py
+	tests/common/test_checkpoint.py tests/common/test_peer_optimizers.py tests/ecc/test_admm.py tests/common/test_memory.py
 
 $(OLDEST_VENV)/.installed: pyproject.toml
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
