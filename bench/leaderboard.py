@@ -1,7 +1,10 @@
 """Which method saves the most tuning, at what accuracy? Every contender on one harness, one data set, one budget.
 
-    .venv/bin/python -m bench.leaderboard [--smoke] [--networks lenet5,resnet18:16] [--seeds 0,1,2] [--epochs 15]
-        [--grid 0.003,0.01,0.03,0.1,0.3] [--dataset shapes] [--out outputs/leaderboard]
+    .venv/bin/python -m bench.leaderboard [--smoke] [--networks lenet5,resnet18:8] [--seeds 0,1,2] [--epochs 10]
+        [--train-size 10000] [--grid 0.003,0.01,0.03,0.1,0.3] [--dataset shapes] [--set KEY=VALUE]
+        [--contenders NAME,...] [--out outputs/leaderboard]
+
+The defaults are the board measured in the README (with ``--set trainer.threads=1``, two processes side by side).
 
 Every contender trains ``--epochs`` epochs (E) of ``python -m launch``'s own job (the same data, batch size,
 seeds and Trainer), on each network and seed; what differs is how its learning rate was chosen and what that cost
@@ -454,10 +457,19 @@ def summarize(runs: Sequence[Run]) -> list[dict]:
     return rows
 
 
+def last_per_key(overrides: Sequence[str]) -> list[str]:
+    """The overrides as Hydra applies them: the last of each key, in the order keys first appear."""
+    kept: dict[str, str] = {}
+    for o in overrides:
+        kept[o.split("=", 1)[0]] = o
+    return list(kept.values())
+
+
 def markdown(rows: Sequence[dict], setting: Setting) -> str:
+    data = " ".join(last_per_key([*setting.dataset, *setting.extra])) or "the default data set"
     lines = [
         f"Test accuracy (mean ± std over seeds {','.join(map(str, setting.seeds))}) after {setting.epochs} epochs "
-        f"on {' '.join([*setting.dataset, *setting.extra]) or 'the default data set'}; tuning cost in trial-epochs before the final "
+        f"on {data}; tuning cost in trial-epochs before the final "
         "training and in seconds (this machine); * on the Pareto front (accuracy vs trial-epochs) of its network; "
         "a seed whose loss turned non-finite is scored as chance and named after the contender.",
         "",
@@ -546,11 +558,12 @@ def write_report(runs: Sequence[Run], setting: Setting) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.leaderboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="the whole path on a tiny set (about a minute)")
-    ap.add_argument(
-        "--networks", default="lenet5,resnet18:16", help="network[:resnet width], comma-separated"
-    )
+    ap.add_argument("--networks", default="lenet5,resnet18:8", help="network[:resnet width], comma-separated")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=15, help="epochs of every final training (E)")
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of every final training (E)")
+    ap.add_argument(
+        "--train-size", type=int, default=10000, help="training images (dataset.train_size; 0: the set's own)"
+    )
     ap.add_argument(
         "--grid", default="0.003,0.01,0.03,0.1,0.3", help="the oracle's LRs (SGD-momentum + cosine)"
     )
@@ -578,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown contender(s) {unknown}; known: {', '.join(CONTENDERS)}", file=sys.stderr)
         return 2
     setting = Setting(
-        out=Path(args.out), dataset=[f"dataset={args.dataset}"], networks=args.networks.split(","),
+        out=Path(args.out), networks=args.networks.split(","),
+        dataset=[f"dataset={args.dataset}", *([f"dataset.train_size={args.train_size}"] if args.train_size else [])],
         seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
         grid=[float(g) for g in args.grid.split(",")], extra=list(args.set),
     )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 from bench.leaderboard import CONTENDERS, Run, autohyper_cost, summarize
 from tests.conftest import run_cli
@@ -124,3 +125,15 @@ def test_autohyper_cost_of_a_run_whose_final_training_diverged_comes_from_its_tr
     (tmp_path / "search" / "trials.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     assert autohyper_spent(tmp_path, {"test_acc": 0.1, "diverged": 1.0}) == (12.0, 3, 14.0)
     assert autohyper_spent(tmp_path / "none", {"diverged": 1.0}) == (0.0, 1, 0.0)
+
+
+def test_the_table_names_each_override_once_as_hydra_applies_it():
+    from bench.leaderboard import Setting, last_per_key, markdown
+
+    assert last_per_key(["dataset=shapes", "dataset.train_size=10000", "trainer.threads=1",
+                         "dataset.train_size=256"]) == ["dataset=shapes", "dataset.train_size=256",
+                                                        "trainer.threads=1"]  # fmt: skip
+    setting = Setting(Path("."), ["dataset=shapes", "dataset.train_size=10000"], ["net"], [0], 10, [0.1],
+                      extra=["dataset.train_size=10000", "trainer.threads=1"])  # fmt: skip
+    head = markdown(summarize([_run("adam", 0.8, 0)]), setting).splitlines()[0]
+    assert "on dataset=shapes dataset.train_size=10000 trainer.threads=1;" in head
