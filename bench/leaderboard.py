@@ -562,7 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10, help="epochs of every final training (E)")
     ap.add_argument(
-        "--train-size", type=int, default=10000, help="training images (dataset.train_size; 0: the set's own)"
+        "--train-size",
+        type=int,
+        default=None,
+        help="training images (dataset.train_size): default 10000 on shapes (the README's board), else the set's own",
     )
     ap.add_argument(
         "--grid", default="0.003,0.01,0.03,0.1,0.3", help="the oracle's LRs (SGD-momentum + cosine)"
@@ -590,9 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown contender(s) {unknown}; known: {', '.join(CONTENDERS)}", file=sys.stderr)
         return 2
+    train_size = (
+        args.train_size if args.train_size is not None else (10000 if args.dataset == "shapes" else 0)
+    )
     setting = Setting(
         out=Path(args.out), networks=args.networks.split(","),
-        dataset=[f"dataset={args.dataset}", *([f"dataset.train_size={args.train_size}"] if args.train_size else [])],
+        dataset=[f"dataset={args.dataset}", *([f"dataset.train_size={train_size}"] if train_size else [])],
         seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
         grid=[float(g) for g in args.grid.split(",")], extra=list(args.set),
     )  # fmt: skip
