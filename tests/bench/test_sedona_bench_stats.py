@@ -64,3 +64,18 @@ def test_degenerate_inputs():
     assert gap["ci_low"] == gap["ci_high"] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="one value per seed"):
         paired_comparison([0.9, 0.8], [0.9])
+
+
+def test_the_memory_table_prints_saved_and_allocator_peaks_for_every_split(capsys):
+    from bench.sedona import memory
+
+    memory(batch=4, iters=1)
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    names = [(int(r[0]), r[1]) for r in rows]
+    assert names == [(1, "uniform"), (1, "uniform"), *[(k, n) for k in (2, 4, 8)
+                     for n in ("uniform", "uniform", "balanced", "balanced-a")]]  # fmt: skip
+    for r in rows:
+        saved, saved_ratio, alloc, alloc_ratio, secs = map(float, r[-5:])
+        assert saved > 0 and alloc > 0 and secs > 0 and saved_ratio > 0 and alloc_ratio > 0
+    assert rows[0][-4] == "1.000" and rows[0][-2] == "1.000"  # K = 1 joint is the reference of both columns
