@@ -93,7 +93,8 @@ def test_block_costs_equal_the_measured_per_block_peak_and_touch_nothing():
         assert meter.peak == heaviest(dec.block_ends)
 
 
-def test_method_sedona_with_the_balanced_split(cfg_factory, tmp_path):
+def _balanced_run(cfg_factory, tmp_path, *extra: str):
+    """``method=sedona`` with the balanced split of SEDONA's VGG-19 (fm 0.25) into 4 blocks, one step."""
     from launch.run import run
 
     cfg = cfg_factory(
@@ -103,10 +104,15 @@ def test_method_sedona_with_the_balanced_split(cfg_factory, tmp_path):
         "method.num_blocks=4",
         "method.feat_mult=0.25",
         "trainer.limit_train_batches=1",
+        *extra,
     )
     results = run(cfg)
     assert results["num_blocks"] == 4
-    dec = json.loads((tmp_path / "run" / "decoupling.json").read_text())
+    return cfg, json.loads((tmp_path / "run" / "decoupling.json").read_text())
+
+
+def test_method_sedona_with_the_balanced_split(cfg_factory, tmp_path):
+    _, dec = _balanced_run(cfg_factory, tmp_path)
     # the split the probe chooses for this net (heads = method.aux), not the uniform (3, 7, 11, 15)
     torch.manual_seed(0)
     net = build_decoupled("vgg19", 10, 1, image_size=32, feat_mult=0.25, aux="mlp_sr", heads=False)
@@ -226,22 +232,8 @@ def test_balance_by_auto_is_the_allocator_on_cuda_and_the_saved_bytes_elsewhere(
 def test_method_sedona_balanced_by_the_allocator_peak(cfg_factory, tmp_path, caplog):
     import logging
 
-    from launch.run import run
-
     caplog.set_level(logging.INFO, logger="sedona")
-
-    cfg = cfg_factory(
-        "method=sedona",
-        "network=vgg19",
-        "method.decoupling=balanced",
-        "method.balance_by=allocator",
-        "method.num_blocks=4",
-        "method.feat_mult=0.25",
-        "trainer.limit_train_batches=1",
-    )
-    results = run(cfg)
-    assert results["num_blocks"] == 4
-    dec = json.loads((tmp_path / "run" / "decoupling.json").read_text())
+    cfg, dec = _balanced_run(cfg_factory, tmp_path, "method.balance_by=allocator")
     assert len(dec["block_ends"]) == 4 and dec["block_ends"][-1] == 15
     log = caplog.text
     batch = int(cfg.dataset.batch_size)  # the probe is a batch of the training size, not 4 samples
