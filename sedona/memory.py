@@ -84,6 +84,30 @@ def _unpack(held: _Held) -> torch.Tensor:
     return held.t
 
 
+def _probe(net: DecoupledNet, x: torch.Tensor, kind: str | None) -> tuple[DecoupledNet, list[torch.Tensor]]:
+    """A copy of ``net`` in train mode with a head of ``kind`` after every unit but the last, and the input of
+    every unit on ``x`` (no graph). Call it under a forked RNG: the heads' init draws from it."""
+    probe = copy.deepcopy(net)
+    probe.train()
+    for unit in range(net.num_units - 1):
+        probe.add_head(unit, kind)
+    # a copy: a slice of a larger batch would be counted with the whole storage it views
+    h = x.clone()
+    inputs = []
+    with torch.no_grad():  # the input of every candidate first unit
+        for unit in probe.units:
+            inputs.append(h)
+            h = unit(h)
+    return probe, inputs
+
+
+def _head_loss(probe: DecoupledNet, j: int, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The local loss after unit ``j``: its auxiliary head's, or the classifier's after the last unit."""
+    if j == probe.num_units - 1:
+        return torch.nn.functional.cross_entropy(probe.classifier(h), y)
+    return probe.aux[str(j)].forward_loss(h, y, probe.label_smoothing)[0]
+
+
 def block_costs(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str | None = None) -> torch.Tensor:
     """``C[i, j]``: bytes held for backward by a block of units ``i..j`` and its head, on the batch ``(x, y)``.
 
@@ -95,28 +119,15 @@ def block_costs(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str |
     """
     L = net.num_units
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        probe = copy.deepcopy(net)
-        probe.train()
-        for unit in range(L - 1):
-            probe.add_head(unit, kind)
+        probe, inputs = _probe(net, x, kind)
         costs = torch.zeros(L, L, dtype=torch.float64)
-        # a copy: a slice of a larger batch would be counted with the whole storage it views
-        h = x.clone()
-        inputs = []
-        with torch.no_grad():  # the input of every candidate first unit
-            for unit in probe.units:
-                inputs.append(h)
-                h = unit(h)
         for i in range(L):
             meter = SavedActivationMeter(probe.parameters())
             with meter.hooks():
                 h = inputs[i].detach()
                 for j in range(i, L):
                     h = probe.units[j](h)
-                    if j == L - 1:
-                        loss = torch.nn.functional.cross_entropy(probe.classifier(h), y)
-                    else:
-                        loss = probe.aux[str(j)].forward_loss(h, y, probe.label_smoothing)[0]
+                    loss = _head_loss(probe, j, h, y)
                     costs[i, j] = meter.live
                     del loss  # frees the head's saved tensors: back to the units' bytes
     return costs
@@ -136,27 +147,13 @@ def block_peaks(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str |
     L = net.num_units
     device = x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        probe = copy.deepcopy(net)
-        probe.train()
-        for unit in range(L - 1):
-            probe.add_head(unit, kind)
-        with torch.no_grad():  # the input of every candidate first unit
-            inputs = []
-            h = x.clone()
-            for unit in probe.units:
-                inputs.append(h)
-                h = unit(h)
-
-        def head_loss(j: int, h: torch.Tensor) -> torch.Tensor:
-            if j == L - 1:
-                return torch.nn.functional.cross_entropy(probe.classifier(h), y)
-            return probe.aux[str(j)].forward_loss(h, y, probe.label_smoothing)[0]
+        probe, inputs = _probe(net, x, kind)
 
         def step(i: int, j: int) -> None:
             h = inputs[i].detach()
             for u in range(i, j + 1):
                 h = probe.units[u](h)
-            head_loss(j, h).backward()
+            _head_loss(probe, j, h, y).backward()
 
         costs = torch.zeros(L, L, dtype=torch.float64)
         for i in range(L):
