@@ -10,6 +10,11 @@ met. Timings: warm-up first, then the two sides of a ratio alternate (A B, B A, 
 between two device synchronisations; the figures are the medians of the blocks. Memory: the peak of
 ``torch.cuda.max_memory_allocated`` during one step (forward and backward, from gradients set to None); on the
 CPU the allocator-level peak above the memory held before the step, from ``torch.profiler`` (``profile_memory``).
+The last two rows before ``pytest -m gpu`` are the figures a user of greedy training sizes a run by:
+``sedona_maxbatch``, the largest batch backprop and K = 2/4/8 train under one memory cap (each step really runs
+under ``torch.cuda.set_per_process_memory_fraction``), and ``sedona_b1024_wscap``, the K = 4 memory row again in a
+child process whose cuDNN workspaces are capped (``CUDNN_CONV_WSCAP_DBG``). A tight budget skips them first; run
+them alone with ``--rows sedona_maxbatch,sedona_b1024_wscap``.
 Every row runs in its own ``try``: a failing row prints ``error: <one line>`` and the others go on. A row that
 would not finish inside ``--budget-s`` (time kept for ``pytest -m gpu``, the last row) is ``skipped: time budget``.
 
@@ -547,6 +552,102 @@ def _sedona_peak(bench: Bench, dec, batch: int) -> dict[str, float]:
     return {"peak": max(peaks), "before": before}
 
 
+def _allocator_balanced(bench: Bench, batch: int, num_blocks: int):
+    """The split balancing each block's allocator step peak at ``batch`` (``method.balance_by=allocator``, as
+    ``balanced_decoupling(..., measure="allocator")``); the per-block peaks are measured once per batch size."""
+    from sedona.memory import balanced_split, block_peaks
+    from sedona.network import Decoupling
+
+    cache = bench.cache("sedona")
+    key = f"block_peaks_{batch}"
+    if key not in cache:
+        x, y = _sedona_batch(bench, batch)
+        cache[key] = block_peaks(_sedona_net(bench), x, y)
+    return Decoupling(balanced_split(cache[key], num_blocks))
+
+
+def row_sedona_maxbatch(bench: Bench) -> dict[str, Any]:
+    """The largest batch that trains under the memory backprop needs at the first SEDONA batch size."""
+    from sedona import uniform_split
+    from sedona.memory import largest_batch_under_cap, step_footprint
+
+    s = bench.sizes
+    batch = s.sedona_batches[0]
+    net = _sedona_net(bench)
+    backprop = uniform_split(net.num_units, 1)
+    cap = step_footprint(net, backprop, batch, (3, 32, 32))
+    # steps of 32 samples on the GPU (a handful of tries per split); 2 at least (BatchNorm of a 1x1 map)
+    multiple = 2 if s.smoke else 32
+    found, tries = {}, 0
+    for k in (1, 2, 4, 8):
+        dec = backprop if k == 1 else _allocator_balanced(bench, batch, k)
+        found[k], n = largest_batch_under_cap(
+            net, dec, cap, (3, 32, 32), start=multiple, limit=16 * batch, multiple=multiple
+        )
+        tries += n
+    if found[4] == 0:
+        raise RuntimeError(f"K=4 does not train a batch of {multiple} under {cap / MIB:.0f} MiB")
+    how = (
+        "set_per_process_memory_fraction, OOM = does not fit" if bench.cuda else "parameters + profiled peak"
+    )
+    return ratio_result(
+        side("backprop", found[1], "samples"),
+        side("K=4 balanced-a", found[4], "samples"),
+        largest_batch=found,
+        cap_mib=cap / MIB,
+        note=(
+            f"cap {cap / MIB:.0f} MiB = backprop's step at batch {batch} ({how}); largest batch K=1/2/4/8 "
+            f"(K>1 balanced by allocator peak): {found[1]}/{found[2]}/{found[4]}/{found[8]}, in steps of "
+            f"{multiple}, {tries} steps tried"
+        ),
+    )
+
+
+WSCAP_MIB = 256  # the cuDNN workspace cap the wscap row tries (CUDNN_CONV_WSCAP_DBG, MiB)
+
+
+def row_sedona_wscap(bench: Bench) -> dict[str, Any]:
+    """The K = 4 allocator-balanced memory row again, in a child process whose cuDNN workspaces are capped.
+
+    ``CUDNN_CONV_WSCAP_DBG`` (MiB, read by PyTorch's cuDNN convolutions) must be in the environment before the
+    first convolution, hence the child (``python -m bench.gpu --rows ...`` with the variable set).
+    """
+    if not bench.cuda:
+        raise RowSkipped(
+            f"n/a on {bench.device.type}: CUDNN_CONV_WSCAP_DBG caps cuDNN's workspaces (CUDA)", "n/a"
+        )
+    rows = ["sedona_b1024_uniform", "sedona_b1024_allocator"]
+    out = bench.tmp / "wscap.json"
+    env = {**os.environ, "CUDNN_CONV_WSCAP_DBG": str(WSCAP_MIB), "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
+    cmd = [sys.executable, "-m", "bench.gpu", "--device", str(bench.device), "--rows", ",".join(rows)]
+    cmd += ["--smoke"] if bench.sizes.smoke else []
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), "--budget-s", "150"], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=200,
+    )  # fmt: skip
+    if not out.exists():
+        raise RuntimeError(f"the child run wrote no table (rc {proc.returncode}): {proc.stderr[-300:]}")
+    saved = json.loads(out.read_text())
+    if saved["meta"].get("cudnn_wscap_mib") != str(WSCAP_MIB):
+        raise RuntimeError(f"the child did not see CUDNN_CONV_WSCAP_DBG={WSCAP_MIB}: {saved['meta']}")
+    child = {r["name"]: r for r in saved["rows"]}
+    bad = [f"{n}: {r.get('reason')}" for n, r in child.items() if r["status"] != "ok"]
+    if bad:
+        raise RuntimeError("child rows failed: " + "; ".join(bad))
+    alloc, uniform = child["sedona_b1024_allocator"], child["sedona_b1024_uniform"]
+    return {
+        "value": alloc["value"],
+        "a": alloc["a"],
+        "b": alloc["b"],
+        "note": (
+            f"CUDNN_CONV_WSCAP_DBG={WSCAP_MIB}: backprop {alloc['b']['value']:.0f} MiB, uniform K=4 "
+            f"{uniform['value']:.3f}, balanced by allocator {alloc['value']:.3f} "
+            f"(ends {alloc.get('block_ends')})"
+        ),
+    }
+
+
 def row_sedona(bench: Bench, batch_index: int, split: str) -> dict[str, Any]:
     from sedona import uniform_split
     from sedona.memory import balanced_decoupling
@@ -568,11 +669,7 @@ def row_sedona(bench: Bench, batch_index: int, split: str) -> dict[str, Any]:
             cache["balanced"] = balanced_decoupling(net, s.sedona_blocks, x, y)
         dec = cache["balanced"]
     else:  # by each block's allocator peak at this batch size (method.balance_by=allocator, auto on CUDA)
-        key = f"allocator_{batch}"
-        if key not in cache:
-            x, y = _sedona_batch(bench, batch)
-            cache[key] = balanced_decoupling(net, s.sedona_blocks, x, y, measure="allocator")
-        dec = cache[key]
+        dec = _allocator_balanced(bench, batch, s.sedona_blocks)
     greedy = _sedona_peak(bench, dec, batch)
     kind = "max_memory_allocated" if bench.cuda else "profiler allocator peak above the start"
     return ratio_result(
@@ -761,6 +858,13 @@ def _spec_rows() -> list[RowSpec]:
                 "0.172", 15, lambda b: row_ecc(b, "latency_cuda")),
         RowSpec("ecc_energy_nvml", f"ECC energy_nvml bilinear fit, holdout MRAE ({ecc})", 0.08, "<= 0.08",
                 "0.275", 100, lambda b: row_ecc(b, "energy_nvml")),
+        # item 3's user figures last: a tight budget skips them first (run them with --rows)
+        RowSpec("sedona_maxbatch", f"SEDONA {sed}: largest batch under backprop's memory at batch "
+                "{sedona_batches[0]}, backprop's / K=4's (balanced by allocator peak)", 0.5, "<= 0.5", "", 25,
+                row_sedona_maxbatch),
+        RowSpec("sedona_b1024_wscap", f"SEDONA {sed}, balanced by allocator peak, cuDNN workspaces capped at "
+                f"{WSCAP_MIB} MiB: peak memory step / backprop's, batch " "{sedona_batches[0]}", 0.5, "<= 0.5",
+                "", 45, row_sedona_wscap),
         RowSpec("pytest_gpu", "pytest -m gpu", None, "all pass", "7 passed, 1 failed", 0, row_pytest),
     ]  # fmt: skip
     return rows
@@ -903,6 +1007,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "host": platform.node(),
         "threads": torch.get_num_threads(),
     }
+    if "CUDNN_CONV_WSCAP_DBG" in os.environ:  # the cuDNN workspace cap (MiB) this run's convolutions had
+        meta["cudnn_wscap_mib"] = os.environ["CUDNN_CONV_WSCAP_DBG"]
     if device.type == "cuda":
         meta.update(
             gpu=torch.cuda.get_device_name(device),

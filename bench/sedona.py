@@ -205,8 +205,9 @@ def memory(batch: int, iters: int) -> None:
         f" {'alloc MB':>9} {'vs K=1':>7} {'s/iter':>8}"
     )
     base = None
+    all_splits = {}
     for k in (1, 2, 4, 8):
-        splits = {"uniform": uniform_split(net.num_units, k).block_ends}
+        splits = all_splits[k] = {"uniform": uniform_split(net.num_units, k).block_ends}
         if k > 1:
             splits["balanced"] = balanced_split(costs, k)
             splits["balanced-a"] = balanced_split(peaks, k)
@@ -230,6 +231,38 @@ def memory(batch: int, iters: int) -> None:
                     f" {meter.peak / base[0]:>7.3f} {alloc / 2**20:>9.2f} {alloc / base[1]:>7.3f} {dt:>8.3f}"
                 )
     print("balanced: the cuts minimising the heaviest block's saved bytes; balanced-a: its allocator peak")
+    print()
+    max_batch(net, batch, [(k, name, ends) for k in (2, 4, 8) for name, ends in all_splits[k].items()])
+
+
+def max_batch(
+    net, batch: int, splits: list[tuple[int, str, tuple[int, ...]]], limit_factor: int = 16
+) -> None:
+    """The largest batch each split trains under the memory backprop needs at ``batch`` (sedona.memory).
+
+    The cap: backprop's parameters and buffers plus its step's CPU allocator peak at ``batch`` (the batch
+    allocated inside the step); backprop's own largest batch under it is then about ``batch``.
+    """
+    from sedona.memory import largest_batch_under_cap, step_footprint
+
+    one = uniform_split(net.num_units, 1)
+    cap = step_footprint(net, one, batch, (3, 32, 32))
+    print(
+        f"largest batch under a cap of {cap / 2**20:.2f} MB (backprop's parameters + its step's allocator peak "
+        f"at batch {batch}; searched up to {limit_factor * batch}, no optimizer state)"
+    )
+    print(f"{'K':>3} {'split':>11} {'block ends':>26} {'batch':>6} {'vs K=1':>7} {'tries':>6} {'s':>6}")
+    base = None
+    for k, name, ends in [(1, "uniform", one.block_ends), *splits]:
+        t0 = time.perf_counter()
+        got, tries = largest_batch_under_cap(
+            net, Decoupling(ends), cap, (3, 32, 32), start=2, limit=limit_factor * batch
+        )
+        base = base or got
+        print(
+            f"{k:>3} {name:>11} {str(ends):>26} {got:>6} {got / base:>7.2f} {tries:>6}"
+            f" {time.perf_counter() - t0:>6.1f}"
+        )
 
 
 # ------------------------------------------------------------------------------ --accuracy (issue 9)

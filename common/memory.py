@@ -8,6 +8,11 @@ when ``fn`` started:
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats`` (synchronised);
 * CPU: the running sum of every allocation and free torch.profiler records (``profile_memory=True``), in the
   order it recorded them; operator temporaries included. Profiling makes ``fn`` a few times slower.
+
+What a user feels is the largest batch that trains on their GPU: ``largest_batch`` searches it for any
+monotone test, and ``fits_under_cap`` is that test for one step under a memory cap (on CUDA the step runs
+under ``torch.cuda.set_per_process_memory_fraction`` and fits unless it runs out of memory; on the CPU the
+profiled peak plus what is resident is compared with the cap).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_peak_bytes", "peak_bytes"]
+__all__ = ["cpu_peak_bytes", "cuda_memory_cap", "fits_under_cap", "largest_batch", "peak_bytes"]
 
 
 def peak_bytes(fn: Callable[[], Any], device: torch.device | str) -> int:
@@ -97,3 +102,88 @@ def cpu_peak_bytes(fn: Callable[[], Any], folder: Path | str | None = None) -> i
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+# ---------------------------------------------------------------------------- the largest batch under a cap
+def largest_batch(
+    fits: Callable[[int], bool], *, start: int, limit: int, multiple: int = 1
+) -> tuple[int, int]:
+    """The largest batch size ``b <= limit`` (a multiple of ``multiple``) for which ``fits(b)``, and the tries.
+
+    ``fits`` must be monotone (true up to some size, false above it), as "one training step at this batch size
+    stays under the memory cap" is. The search doubles from ``start`` until a size does not fit (or ``limit``
+    is reached), then bisects between the last size that fitted and the first that did not: about
+    ``2 log2(answer / start)`` calls of ``fits``, each one training step. Returns ``(0, 1)`` when ``start``
+    itself does not fit.
+    """
+    if multiple < 1 or start < multiple or start % multiple or limit < start:
+        raise ValueError(
+            f"need 1 <= multiple <= start <= limit, start a multiple: {multiple=} {start=} {limit=}"
+        )
+    top = limit - limit % multiple
+    tries = 1
+    if not fits(start):
+        return 0, tries
+    good, bad = start, None
+    while bad is None and good < top:
+        size = min(2 * good, top)
+        tries += 1
+        if fits(size):
+            good = size
+        else:
+            bad = size
+    while bad is not None and bad - good > multiple:
+        mid = (good + bad) // 2 // multiple * multiple
+        tries += 1
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, tries
+
+
+@contextlib.contextmanager
+def cuda_memory_cap(cap_bytes: int, device: torch.device | str) -> Iterator[None]:
+    """The CUDA caching allocator limited to ``cap_bytes`` on ``device`` for the duration, then unlimited.
+
+    ``torch.cuda.set_per_process_memory_fraction``: an allocation that would take the allocator beyond the cap
+    raises ``torch.cuda.OutOfMemoryError``, as on a GPU of that size. Its cached blocks are released first, so
+    what an earlier, larger step left in the cache does not count against the cap. A cuDNN convolution whose
+    preferred algorithm's workspace does not fit under the cap falls back to one that needs less, as it would
+    on the smaller GPU.
+    """
+    device = torch.device(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    if not 0 < cap_bytes <= total:
+        raise ValueError(f"cap {cap_bytes} bytes: must be positive and at most the device's {total} bytes")
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(cap_bytes / total, device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+
+
+def fits_under_cap(
+    fn: Callable[[], Any], device: torch.device | str, cap_bytes: int, resident_bytes: int = 0
+) -> bool:
+    """Whether ``fn`` (one training step) runs within ``cap_bytes`` of the device's memory.
+
+    CUDA: ``fn`` really runs under the cap (:func:`cuda_memory_cap`); it fits unless it raises
+    ``torch.cuda.OutOfMemoryError``, so everything the allocator holds counts (the model, the gradients, the
+    cache's fragmentation). CPU, where nothing enforces a cap: ``resident_bytes`` (what is held before ``fn``
+    and through it, e.g. the parameters) plus ``fn``'s allocator peak above the start (:func:`peak_bytes`)
+    must not exceed the cap.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            with cuda_memory_cap(cap_bytes, device):
+                fn()
+                torch.cuda.synchronize(device)
+        except torch.cuda.OutOfMemoryError:
+            return False
+        return True
+    return resident_bytes + peak_bytes(fn, device) <= cap_bytes

@@ -219,3 +219,93 @@ def balanced_decoupling(
     costs = block_costs(net, x, y, kind) if measure == "saved" else block_peaks(net, x, y, kind)
     ends = balanced_split(costs, num_blocks)
     return Decoupling(block_ends=ends, heads=(kind,) * (num_blocks - 1))
+
+
+def resident_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers: what stays allocated through every step."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _random_step(net: DecoupledNet, dec: Decoupling, batch: int, sample_shape: tuple[int, ...]):
+    """One per-block training step (forward, each block's backward as soon as its loss exists) on a random
+    batch that is allocated inside the step: it is part of what must fit."""
+    device = next(net.parameters()).device
+
+    def step() -> None:
+        x = torch.randn(batch, *sample_shape, device=device)
+        y = torch.randint(0, net.num_classes, (batch,), device=device)
+        for loss, _ in net.block_outputs(x, y, dec):
+            loss.backward()
+
+    return step
+
+
+def step_footprint(net: DecoupledNet, dec: Decoupling, batch: int, sample_shape: tuple[int, ...]) -> int:
+    """The device memory (bytes) one per-block step of ``dec`` at ``batch`` needs: the cap under which it just
+    fits (:func:`largest_batch_under_cap` of backprop under ``step_footprint`` of backprop is about ``batch``).
+
+    CUDA: the allocator's absolute peak during the step (``torch.cuda.max_memory_allocated``: everything the
+    process holds, parameters included), after one unmeasured step (cuDNN's handles and algorithm choice). CPU:
+    the parameters' and buffers' bytes plus the step's profiled allocator peak. Random inputs of
+    ``sample_shape`` under a forked RNG; ``dec``'s heads are built.
+    """
+    from common.memory import peak_bytes
+
+    net.set_decoupling(dec)
+    device = next(net.parameters()).device
+    step = _random_step(net, dec, batch, sample_shape)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        net.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            step()
+            net.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            torch.cuda.synchronize(device)
+            need = torch.cuda.max_memory_allocated(device)
+        else:
+            need = resident_bytes(net) + peak_bytes(step, device)
+        net.zero_grad(set_to_none=True)
+    return int(need)
+
+
+def largest_batch_under_cap(
+    net: DecoupledNet,
+    dec: Decoupling,
+    cap_bytes: int,
+    sample_shape: tuple[int, ...],
+    *,
+    start: int,
+    limit: int,
+    multiple: int = 1,
+) -> tuple[int, int]:
+    """The largest batch whose per-block step (the batch, every block's forward and backward in turn) fits in
+    ``cap_bytes`` of the net's device, and the number of steps tried (:func:`common.memory.largest_batch`).
+
+    The figure a user of greedy training cares about: how much larger a batch K blocks let them train than
+    backprop (``dec`` with one block) on the same memory. On CUDA each tried step really runs under the cap
+    (``torch.cuda.set_per_process_memory_fraction``: the parameters, gradients, cuDNN workspaces and the
+    allocator's fragmentation all count; a workspace that does not fit makes cuDNN fall back to an algorithm
+    that needs less, as on a smaller GPU). On the CPU the parameters' and buffers' bytes plus the step's
+    profiled allocator peak are compared with the cap. No optimizer state is counted (add it to what the cap
+    leaves you). ``dec``'s heads are built (``net.set_decoupling``); random inputs of ``sample_shape``, drawn
+    under a forked RNG.
+    """
+    from common.memory import fits_under_cap, largest_batch
+
+    net.set_decoupling(dec)
+    device = next(net.parameters()).device
+    resident = resident_bytes(net)
+
+    def fits(batch: int) -> bool:
+        net.zero_grad(set_to_none=True)
+        try:
+            return fits_under_cap(_random_step(net, dec, batch, sample_shape), device, cap_bytes, resident)
+        finally:
+            net.zero_grad(set_to_none=True)
+
+    # the caller's random stream stays as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return largest_batch(fits, start=start, limit=limit, multiple=multiple)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,9 +61,10 @@ def test_smoke_on_cpu_prints_and_saves_every_row(tmp_path):
         assert row["status"] != "error", f"{row['name']}: {row.get('reason')}"
         assert row["name"] in proc.stdout
     # what must run on a CPU does (fused compiles are skipped at smoke size; NVML and nested pytest cannot run)
-    must_run = [n for n in gpu.ROW_NAMES if "fused" not in n and n not in ("ecc_energy_nvml", "pytest_gpu")]
+    cuda_only = ("ecc_energy_nvml", "sedona_b1024_wscap")
+    must_run = [n for n in gpu.ROW_NAMES if "fused" not in n and n not in (*cuda_only, "pytest_gpu")]
     assert [n for n in must_run if rows[n]["status"] != "ok"] == []
-    assert rows["ecc_energy_nvml"]["status"] == "n/a"
+    assert [rows[n]["status"] for n in cuda_only] == ["n/a", "n/a"]
     # the memory rows are real allocator peaks: per-block K = 4 holds less than backprop at these sizes too
     for name in ("sedona_b1024_uniform", "sedona_b256_balanced"):
         assert 0 < rows[name]["value"] < 1.0
@@ -143,3 +145,26 @@ def test_pytest_summary_line(tmp_path):
     assert gpu.pytest_summary("===== 2 passed, 1 skipped in 4.0s =====") == "2 passed, 1 skipped in 4.0s"
     with pytest.raises(RuntimeError, match="did not finish"):
         gpu.run_pytest([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=1, cwd=Path(tmp_path))
+
+
+def test_the_workspace_cap_row_measures_in_a_child_that_sees_the_cap(tmp_path, monkeypatch, compiler_env):
+    # on the CPU the row is n/a; made to believe it is on CUDA, it runs its child (--smoke --device cpu here)
+    # and takes the child's K = 4 allocator-balanced memory row, checking the child saw CUDNN_CONV_WSCAP_DBG
+    bench = gpu.Bench(torch.device("cpu"), gpu.SMOKE, tmp_path)
+    with pytest.raises(gpu.RowSkipped, match="n/a on cpu"):
+        gpu.row_sedona_wscap(bench)
+    monkeypatch.setattr(gpu.Bench, "cuda", property(lambda self: True))
+    monkeypatch.delenv("CUDNN_CONV_WSCAP_DBG", raising=False)
+    row = gpu.row_sedona_wscap(bench)
+    assert 0 < row["value"] < 1 and row["a"]["unit"] == "MiB" and row["b"]["value"] > row["a"]["value"]
+    assert f"CUDNN_CONV_WSCAP_DBG={gpu.WSCAP_MIB}" in row["note"]
+    assert "CUDNN_CONV_WSCAP_DBG" not in os.environ  # only the child had it
+
+
+def test_the_largest_batch_row_searches_every_k_under_backprops_footprint(tmp_path, compiler_env):
+    row = gpu.row_sedona_maxbatch(gpu.Bench(torch.device("cpu"), gpu.SMOKE, tmp_path))
+    found = row["largest_batch"]
+    assert sorted(found) == [1, 2, 4, 8]
+    assert gpu.SMOKE.sedona_batches[0] <= found[1] < 2 * gpu.SMOKE.sedona_batches[0]  # backprop fits its own
+    assert found[4] > found[1] and row["value"] == found[1] / found[4]
+    assert all(b % 2 == 0 for b in found.values())

@@ -71,11 +71,20 @@ def test_the_memory_table_prints_saved_and_allocator_peaks_for_every_split(capsy
 
     memory(batch=4, iters=1)
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    peaks, _, caps = out.partition("largest batch under a cap of")
+    rows = [line.split() for line in peaks.splitlines() if line.strip()[:1].isdigit()]
     names = [(int(r[0]), r[1]) for r in rows]
     assert names == [(1, "uniform"), (1, "uniform"), *[(k, n) for k in (2, 4, 8)
                      for n in ("uniform", "uniform", "balanced", "balanced-a")]]  # fmt: skip
     for r in rows:
         saved, saved_ratio, alloc, alloc_ratio, secs = map(float, r[-5:])
         assert saved > 0 and alloc > 0 and secs > 0 and saved_ratio > 0 and alloc_ratio > 0
-    assert rows[0][-4] == "1.000" and rows[0][-2] == "1.000"  # K = 1 joint is the reference of both columns
+    # the second table: the largest batch of every split under the memory backprop needs at batch 4
+    rows = [line.split() for line in caps.splitlines()[1:] if line.strip()[:1].isdigit()]
+    assert [(int(r[0]), r[1]) for r in rows] == [(1, "uniform"), *[(k, n) for k in (2, 4, 8)
+                                                  for n in ("uniform", "balanced", "balanced-a")]]  # fmt: skip
+    batch, ratio, tries = int(rows[0][-4]), float(rows[0][-3]), int(rows[0][-2])
+    assert 4 <= batch < 8 and ratio == 1.0 and tries >= 2  # backprop fits its own batch, not twice it
+    for r in rows[1:]:
+        b, ratio = int(r[-4]), float(r[-3])
+        assert 0 <= b <= 64 and ratio == pytest.approx(b / batch, abs=0.006)
