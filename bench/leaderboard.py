@@ -47,7 +47,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -509,9 +508,10 @@ def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> list[str]:
             seeds = [s for s in runs if s.network == net and s.contender == r["contender"]]
             for gone, marker in ((False, "o"), (True, "x")):  # x: a seed that diverged, scored as chance
                 accs = [100 * s.test_acc for s in seeds if s.diverged == gone]
-                ax.scatter(
-                    [x] * len(accs), accs, color=colour, s=10 if not gone else 30, alpha=0.6, marker=marker
-                )
+                ax.scatter(  # above the mean's marker: a diverged seed sits where its row's mean does
+                    [x] * len(accs), accs, color="k" if gone else colour, s=10 if not gone else 40,
+                    alpha=0.6 if not gone else 0.9, marker=marker, zorder=3,
+                )  # fmt: skip
         front = sorted((r for r in mine if r["pareto"]), key=lambda r: r["tuning_epochs"])
         ax.plot(
             [r["tuning_epochs"] + 1 for r in front], [100 * r["test_acc_mean"] for r in front], "k--", lw=0.8
@@ -521,14 +521,16 @@ def figure(rows: Sequence[dict], runs: Sequence[Run], path: Path) -> list[str]:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(net)
         ax.grid(alpha=0.3)
-    # one legend for all panels: a contender run on only some networks still gets its entry
-    entries: dict[str, Any] = {}
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(label, handle)
+    # one legend for all panels, by colour only: a contender on the front of one panel may not be on another's
+    from matplotlib.lines import Line2D
+
+    entries = {
+        n: Line2D([], [], color=colours[n], marker="s", linestyle="", markersize=7, markeredgecolor="k")
+        for n in names
+    }
     fig.legend(
-        list(entries.values()), list(entries), loc="center right", fontsize=8, title="circles: Pareto front",
-        title_fontsize=8,
+        list(entries.values()), list(entries), loc="center right", fontsize=8,
+        title="large circle: on its panel's\nPareto front", title_fontsize=8,
     )  # fmt: skip
     fig.suptitle("Accuracy against tuning cost\n(mean ± std over seeds, dots: single seeds, x: a seed that diverged, "
                  "dashed: Pareto front)",
