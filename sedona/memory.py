@@ -245,8 +245,10 @@ def step_footprint(net: DecoupledNet, dec: Decoupling, batch: int, sample_shape:
     """The device memory (bytes) one per-block step of ``dec`` at ``batch`` needs: the cap under which it just
     fits (:func:`largest_batch_under_cap` of backprop under ``step_footprint`` of backprop is about ``batch``).
 
-    CUDA: the allocator's absolute peak during the step (``torch.cuda.max_memory_allocated``: everything the
-    process holds, parameters included), after one unmeasured step (cuDNN's handles and algorithm choice). CPU:
+    CUDA: the most the caching allocator reserved from the GPU during the step, from an emptied cache
+    (``torch.cuda.max_memory_reserved``: everything the process holds, parameters included, with the rounding
+    of its blocks into segments; what a memory cap limits and a smaller GPU runs out of), after one unmeasured
+    step (cuDNN's handles and algorithm choice). CPU:
     the parameters' and buffers' bytes plus the step's profiled allocator peak. Random inputs of
     ``sample_shape`` under a forked RNG; ``dec``'s heads are built.
     """
@@ -261,10 +263,11 @@ def step_footprint(net: DecoupledNet, dec: Decoupling, batch: int, sample_shape:
             step()
             net.zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             step()
             torch.cuda.synchronize(device)
-            need = torch.cuda.max_memory_allocated(device)
+            need = torch.cuda.max_memory_reserved(device)
         else:
             need = resident_bytes(net) + peak_bytes(step, device)
         net.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -216,8 +217,6 @@ def test_balancing_the_allocator_peak_cuts_around_a_workspace_the_saved_bytes_ca
 
 
 def test_balance_by_auto_is_the_allocator_on_cuda_and_the_saved_bytes_elsewhere():
-    import pytest
-
     from sedona.greedy_training import balance_measure
     from sedona.memory import balanced_decoupling
 
@@ -264,3 +263,23 @@ def test_greedy_blocks_train_a_larger_batch_than_backprop_under_the_same_cap():
     b4, _ = largest_batch_under_cap(net, k4, cap, (3, 32, 32), start=4, limit=256)
     assert b4 >= 1.5 * b1
     assert all(p.grad is None for p in net.parameters())  # nothing left behind
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_backprop_fits_its_own_footprint_and_k4_a_larger_batch():
+    # each tried step really runs under set_per_process_memory_fraction; the footprint is the reserved peak
+    from sedona.memory import balanced_decoupling, largest_batch_under_cap, step_footprint
+
+    torch.manual_seed(0)
+    net = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=0.25, aux="mlp_sr", heads=False).cuda()
+    backprop = uniform_split(net.num_units, 1)
+    cap = step_footprint(net, backprop, 256, (3, 32, 32))
+    b1, _ = largest_batch_under_cap(net, backprop, cap, (3, 32, 32), start=8, limit=4096, multiple=8)
+    assert 0.9 * 256 <= b1 < 2 * 256
+    x, y = torch.randn(256, 3, 32, 32, device="cuda"), torch.randint(0, 10, (256,), device="cuda")
+    k4 = balanced_decoupling(net, 4, x, y, measure="allocator")
+    del x, y
+    b4, _ = largest_batch_under_cap(net, k4, cap, (3, 32, 32), start=8, limit=4096, multiple=8)
+    assert b4 > b1
+    torch.ones(1, device="cuda")  # the cap is lifted: nothing raises
