@@ -20,7 +20,7 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,43 +111,107 @@ class CpuLatency(CostBackend):
         }
 
 
-class CudaLatency(CostBackend):
-    """Median CUDA-event time (s) of one forward pass, after warm-up and synchronisation."""
+def _capture_graph(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One forward pass of ``model`` on ``x`` captured as a CUDA graph; returns its ``replay``.
+
+    A replay launches the whole pass at once, so what is timed is the GPU's work, not the host's launch of
+    each kernel (at small batches most of an eager pass's time, and the noisiest part). The pass is run a few
+    times on a side stream first, as capture requires (lazy initialisation, cuDNN's algorithm choice).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(x)
+    return graph.replay
+
+
+class _CudaPasses:
+    """What the CUDA backends share: the forward pass to run, eager or as a CUDA graph replay."""
+
+    graph: bool
+    _graph_failed_said = False
+
+    def _forward(self, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+        if self.graph:
+            try:
+                return _capture_graph(model, x)
+            except Exception as exc:  # noqa: BLE001 - an uncapturable net is measured eagerly, said once
+                if not self._graph_failed_said:
+                    log.warning(
+                        "%s: CUDA graph capture failed (%s: %s); timing eager passes",
+                        self.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                    )  # fmt: skip
+                    self._graph_failed_said = True
+                self.graph_fallbacks += 1
+        return lambda: model(x)
+
+
+class CudaLatency(_CudaPasses, CostBackend):
+    """Median CUDA-event time (s) of one forward pass, after warm-up and synchronisation.
+
+    Each of the ``repeats`` samples times ``passes`` back-to-back passes between one pair of events and
+    divides (one pass of a small net is shorter than the events' and launches' jitter); ``graph`` replays the
+    pass as a captured CUDA graph (:func:`_capture_graph`: the GPU's time, without the host's launch overhead).
+    Defaults (1 pass, eager) are the original's protocol.
+    """
 
     name = "latency_cuda"
     unit = "s"
 
-    def __init__(self, batch: int = 1, repeats: int = 50, warmup: int = 10, device: str = "cuda"):
+    def __init__(
+        self,
+        batch: int = 1,
+        repeats: int = 50,
+        warmup: int = 10,
+        device: str = "cuda",
+        passes: int = 1,
+        graph: bool = False,
+    ):
         super().__init__(batch)
         if not torch.cuda.is_available():
             raise CostBackendUnavailable("latency_cuda: no CUDA device here; use latency_cpu or macs")
-        self.repeats, self.warmup = int(repeats), int(warmup)
+        self.repeats, self.warmup, self.passes = int(repeats), int(warmup), int(passes)
+        self.graph, self.graph_fallbacks = bool(graph), 0
         self.device = torch.device(device)
 
     @torch.no_grad()
     def measure(self, model: nn.Module, example: torch.Tensor) -> float:
         model = model.to(self.device).eval()
         x = self._input(example, self.device)
+        run = self._forward(model, x)
         for _ in range(self.warmup):
-            model(x)
+            run()
         torch.cuda.synchronize()
         times = []
         for _ in range(self.repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            model(x)
+            for _ in range(self.passes):
+                run()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(start.elapsed_time(end) / 1e3 / self.passes)
         return statistics.median(times)
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(), "repeats": self.repeats, "warmup": self.warmup, "passes": self.passes,
+            "graph": self.graph, "graph_fallbacks": self.graph_fallbacks,
+        }  # fmt: skip
 
-class NvmlEnergy(CostBackend):
+
+class NvmlEnergy(_CudaPasses, CostBackend):
     """GPU energy (J) per forward pass from NVML's total-energy counter (``nvidia-ml-py``).
 
     The counter is read around a loop of forward passes lasting >= ``min_window_s`` (the counter's
     resolution is coarse); with ``subtract_idle`` the idle power, measured over the same window before the
-    first measurement, times the window is subtracted (the original included idle power).
+    first measurement, times the window is subtracted (the original included idle power). ``graph``: the
+    passes are replays of a captured CUDA graph (as :class:`CudaLatency`'s).
     """
 
     name = "energy_nvml"
@@ -160,8 +224,10 @@ class NvmlEnergy(CostBackend):
         subtract_idle: bool = True,
         device_index: int = 0,
         device: str | None = None,
+        graph: bool = False,
     ):
         super().__init__(batch)
+        self.graph, self.graph_fallbacks = bool(graph), 0
         # the GPU that runs the passes; NVML's counter is device_index's (the same GPU unless told otherwise)
         self.device = torch.device(device if device is not None else f"cuda:{device_index}")
         try:
@@ -196,12 +262,13 @@ class NvmlEnergy(CostBackend):
             self.idle_w = (self._energy_j() - e0) / (time.perf_counter() - t0)
         model = model.to(self.device).eval()
         x = self._input(example, self.device)
+        run = self._forward(model, x)
         for _ in range(10):
-            model(x)
+            run()
         torch.cuda.synchronize()
         e0, t0, n = self._energy_j(), time.perf_counter(), 0
         while time.perf_counter() - t0 < self.min_window_s:
-            model(x)
+            run()
             n += 1
             if n % 10 == 0:
                 torch.cuda.synchronize()
@@ -212,7 +279,10 @@ class NvmlEnergy(CostBackend):
         return energy / n
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "idle_subtracted": self.subtract_idle, "idle_w": self.idle_w}
+        return {
+            **super().describe(), "idle_subtracted": self.subtract_idle, "idle_w": self.idle_w,
+            "graph": self.graph, "graph_fallbacks": self.graph_fallbacks,
+        }  # fmt: skip
 
 
 class RaplEnergy(CostBackend):
@@ -301,11 +371,17 @@ def collect_cost_data(
     *,
     seed: int = 1,
     show_progress: bool = True,
+    rounds: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Measures ``samples`` random-width versions of ``model`` (brief §1.1).
 
     Each configuration keeps the first w_u channels of every slot of the (dense, trained or not) ``model``;
-    the weights do not change a dense forward's cost, only the widths do.
+    the weights do not change a dense forward's cost, only the widths do. With ``rounds`` > 1 every
+    configuration is measured in each of ``rounds`` passes over all of them, every other pass in reverse order,
+    and its cost is the mean: a drift of the device's speed during the run (clocks, temperature, a neighbour's
+    load) then falls on all configurations alike instead of on the ones measured while it lasted (a linear
+    drift cancels exactly over a forward and a reverse pass: an even ``rounds``). Each measurement is already
+    robust to a spike (the backends take medians or long windows).
 
     Args:
         model: The dense network (not modified).
@@ -314,6 +390,7 @@ def collect_cost_data(
         samples: Number of configurations.
         seed: Seed of the width sampler.
         show_progress: Show a progress bar (only on a terminal).
+        rounds: Interleaved measurements of each configuration (their mean is kept; 1: the original's one).
 
     Returns:
         ``(chains [N, L+2], costs [N], meta)``; ``meta`` holds the backend's description, the all-ones cost
@@ -325,16 +402,22 @@ def collect_cost_data(
     widths = sample_widths(ub, samples, seed)
     ones_cost = backend.measure(slim_to_widths(model, [1] * len(ub)), example)
     first_dense = backend.measure(model, example)
-    costs = np.empty(samples, dtype=np.float64)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    measured = np.empty((rounds, samples), dtype=np.float64)
     # the dense net is measured again DENSE_CHECKS times spread over the run and the median kept: relative
     # budgets divide by this number, and one timing is at the mercy of the moment's load (in one bench run with
     # a single dense timing, the slim nets of budget 0.5 measured 0.25-0.41 of the dense latency)
     check_after = {int(i) for i in np.linspace(samples - 1, 0, min(DENSE_CHECKS, samples), endpoint=False)}
     dense_checks: list[float] = []
-    for i in progress(range(samples), enabled=show_progress, desc=f"cost data ({backend.name})"):
-        costs[i] = backend.measure(slim_to_widths(model, widths[i]), example)
-        if i in check_after:
+    order = [
+        (r, i) for r in range(rounds) for i in (range(samples) if r % 2 == 0 else reversed(range(samples)))
+    ]
+    for r, i in progress(order, enabled=show_progress, desc=f"cost data ({backend.name})"):
+        measured[r, i] = backend.measure(slim_to_widths(model, widths[i]), example)
+        if r == 0 and i in check_after:
             dense_checks.append(backend.measure(model, example))
+    costs = measured.mean(axis=0)
     dense_cost = float(np.median(dense_checks)) if dense_checks else first_dense
     chains = np.concatenate(
         [np.full((samples, 1), chain[0]), widths, np.full((samples, 1), chain[-1])], axis=1
@@ -352,5 +435,6 @@ def collect_cost_data(
         "ones_cost": ones_cost,
         "samples": samples,
         "seed": seed,
+        "rounds": rounds,
     }
     return chains, costs, meta

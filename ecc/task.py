@@ -108,6 +108,10 @@ def make_cost_backend(m: DictConfig) -> CostBackend:
     kwargs: dict[str, Any] = {"batch": m.cost_batch}
     if name in ("latency_cpu", "latency_cuda"):
         kwargs["repeats"] = m.cost_repeats
+    if name == "latency_cuda":
+        kwargs["passes"] = m.cost_passes
+    if name in ("latency_cuda", "energy_nvml"):
+        kwargs["graph"] = m.cost_graph
     return make_backend(name, **kwargs)
 
 
@@ -156,8 +160,9 @@ def phase_energy_model(
     else:
         measured = copy.deepcopy(dense)
         chains, costs, meta = collect_cost_data(
-            measured, example, make_cost_backend(m), m.samples, seed=m.cost_seed, show_progress=ctx.progress
-        )
+            measured, example, make_cost_backend(m), m.samples, seed=m.cost_seed, show_progress=ctx.progress,
+            rounds=m.cost_rounds,
+        )  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "data.tmp.npz", widths=chains, costs=costs)
         (folder / "data.tmp.npz").replace(data_path)
@@ -525,6 +530,9 @@ class ECCConfig(MethodConfig):
     cost_seed: int = option()
     cost_batch: int = option(ge=1)
     cost_repeats: int = option(ge=1)
+    cost_passes: int = option(ge=1)
+    cost_graph: bool = option()
+    cost_rounds: int = option(ge=1)
     fit: str = option(choices=FIT_METHODS)
     holdout: float = option(gt=0, lt=1)
     fit_seed: int = option()
