@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,15 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def forked_rng(device: torch.device | str) -> Iterator[None]:
+    """torch's CPU RNG, and ``device``'s when it is a GPU, restored on exit (``torch.random.fork_rng``): draws
+    inside (a probe net's init, random inputs) leave the caller's random stream as it was."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
 
 
 def rng_state() -> dict[str, Any]:

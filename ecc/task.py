@@ -39,6 +39,7 @@ from common.factory import make_data, make_model
 from common.io import write_json_atomic
 from common.method import Method, MethodConfig, option
 from common.metrics import count_macs, count_parameters
+from common.seeding import forked_rng
 from common.task import train_model
 from ecc.admm import MODES, BudgetMet, ECCState, ECCStep, primal_param_groups, project_to_budget
 from ecc.cost import BACKENDS, CostBackend, collect_cost_data, make_backend
@@ -334,7 +335,7 @@ def phase_netadapt(
     m, na = cfg.method, cfg.method.netadapt
     folder = ctx.output_dir / "netadapt"
     path = folder / "result.pt"
-    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+    with forked_rng(ctx.device):
         if path.exists():
             stored = load_verified(path)
             widths = [int(w) for w in stored["widths"]]
@@ -382,7 +383,7 @@ def phase_slim(
     that fine-tuning starts from the same state either way.
     """
     slim_path = ctx.output_dir / "slim" / "model.pt"
-    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+    with forked_rng(ctx.device):
         if slim_path.exists():
             stored = load_verified(slim_path)
             widths = [int(w) for w in stored["widths"]]

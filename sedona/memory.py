@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from common.seeding import forked_rng
 from sedona.network import DecoupledNet, Decoupling
 
 
@@ -118,7 +119,7 @@ def block_costs(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str |
     so a small probe batch gives the right proportions.
     """
     L = net.num_units
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with forked_rng(x.device):
         probe, inputs = _probe(net, x, kind)
         costs = torch.zeros(L, L, dtype=torch.float64)
         for i in range(L):
@@ -146,7 +147,7 @@ def block_peaks(net: DecoupledNet, x: torch.Tensor, y: torch.Tensor, kind: str |
 
     L = net.num_units
     device = x.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         probe, inputs = _probe(net, x, kind)
 
         def step(i: int, j: int) -> None:
@@ -248,16 +249,15 @@ def step_footprint(net: DecoupledNet, dec: Decoupling, batch: int, sample_shape:
     CUDA: the most the caching allocator reserved from the GPU during the step, from an emptied cache
     (``torch.cuda.max_memory_reserved``: everything the process holds, parameters included, with the rounding
     of its blocks into segments; what a memory cap limits and a smaller GPU runs out of), after one unmeasured
-    step (cuDNN's handles and algorithm choice). CPU:
-    the parameters' and buffers' bytes plus the step's profiled allocator peak. Random inputs of
-    ``sample_shape`` under a forked RNG; ``dec``'s heads are built.
+    step (cuDNN's handles and algorithm choice). CPU: the parameters' and buffers' bytes plus the step's
+    profiled allocator peak. Random inputs of ``sample_shape`` under a forked RNG; ``dec``'s heads are built.
     """
     from common.memory import peak_bytes
 
     net.set_decoupling(dec)
     device = next(net.parameters()).device
     step = _random_step(net, dec, batch, sample_shape)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         net.zero_grad(set_to_none=True)
         if device.type == "cuda":
             step()
@@ -310,5 +310,5 @@ def largest_batch_under_cap(
             net.zero_grad(set_to_none=True)
 
     # the caller's random stream stays as it was
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         return largest_batch(fits, start=start, limit=limit, multiple=multiple)
