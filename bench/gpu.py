@@ -628,8 +628,7 @@ def row_sedona_wscap(bench: Bench) -> dict[str, Any]:
         )
     rows = ["sedona_b1024_uniform", "sedona_b1024_allocator"]
     out = bench.tmp / "wscap.json"
-    env = {**os.environ, "CUDNN_CONV_WSCAP_DBG": str(WSCAP_MIB), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
+    env = child_env(CUDNN_CONV_WSCAP_DBG=str(WSCAP_MIB))
     cmd = [sys.executable, "-m", "bench.gpu", "--device", str(bench.device), "--rows", ",".join(rows)]
     cmd += ["--smoke"] if bench.sizes.smoke else []
     proc = subprocess.run(
@@ -767,10 +766,17 @@ def pytest_summary(output: str) -> str | None:
     return None
 
 
+def child_env(repo: Path = REPO, **extra: str) -> dict[str, str]:
+    """The environment of a child Python process of this run: ours, the checkout first on ``PYTHONPATH``,
+    plus ``extra``."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_pytest(command: Sequence[str], timeout_s: float, cwd: Path = REPO) -> dict[str, Any]:
     """Run ``command`` (pytest) and return its summary line and whether everything passed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), env.get("PYTHONPATH", "")) if p)
+    env = child_env(cwd)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(

@@ -397,13 +397,13 @@ def collect_cost_data(
         and the dense cost (the median of DENSE_CHECKS measurements spread over the run; the first one, taken
         with the all-ones net before the samples, is kept as ``dense_cost_first``), the network class and torch's version.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     chain = width_chain(model)
     ub = chain[1:-1]
     widths = sample_widths(ub, samples, seed)
     ones_cost = backend.measure(slim_to_widths(model, [1] * len(ub)), example)
     first_dense = backend.measure(model, example)
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
     measured = np.empty((rounds, samples), dtype=np.float64)
     # the dense net is measured again DENSE_CHECKS times spread over the run and the median kept: relative
     # budgets divide by this number, and one timing is at the mercy of the moment's load (in one bench run with
