@@ -37,6 +37,16 @@ def compose_config(*overrides: str, output_dir: str | Path | None = None, fast: 
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, then the count before: on a small, shared machine two OpenMP threads
+    that wait for each other while another process holds a core make small ops many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cfg_factory(tmp_path: Path) -> Callable[..., DictConfig]:
     """``cfg_factory(*overrides, name="run")`` → a composed config writing into ``tmp_path/name``."""
 

@@ -422,20 +422,11 @@ PAPER_CASES = {
 }
 
 
-@pytest.fixture
-def _one_thread():
-    # a 64-32-10 MLP: one thread is ~30x faster than two on a loaded 2-core machine (per-op overhead)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # the fast tier runs the case and one of each kind; the other configurations are in the slow tier
 FAST_PAPER_CASES = ("sgd_auto_mu", "sgdm_mu0.99_alpha", "sgdm_clip_mu0.9", "sgdm_auto_mu")
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")  # a 64-32-10 MLP: one thread is ~30x faster than two here
 @pytest.mark.parametrize(
     "name", [n if n in FAST_PAPER_CASES else pytest.param(n, marks=pytest.mark.slow) for n in PAPER_CASES]
 )

@@ -242,14 +242,13 @@ def test_method_sedona_balanced_by_the_allocator_peak(cfg_factory, tmp_path, cap
     )
 
 
-def test_greedy_blocks_train_a_larger_batch_than_backprop_under_the_same_cap():
+def test_greedy_blocks_train_a_larger_batch_than_backprop_under_the_same_cap(one_thread):
     # the cap: what backprop's step needs at batch 16 (parameters + the CPU allocator's step peak, the batch
     # allocated inside); backprop's largest batch under it is then 16, give or take the allocator's rounding,
     # and K = 4 balanced by the allocator's peak trains a clearly larger one (measured: 16 against 29; the first
     # unit alone, the 32-px convolutions, bounds it)
     from sedona.memory import balanced_decoupling, largest_batch_under_cap, step_footprint
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     net = build_decoupled("vgg19", 10, 3, image_size=32, feat_mult=0.125, aux="mlp_sr", heads=False)
     backprop = uniform_split(net.num_units, 1)

@@ -25,13 +25,8 @@ TIME_KEYS = ("time_s", "train_time_s")
 SHORT = ("method=sedona", "network=lenet5", "trainer.epochs=2", "trainer.limit_train_batches=5")
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # the pipeline's threads are the parallelism; 2 OpenMP threads per op crawl when a core is busy elsewhere
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the pipeline's threads are the parallelism; 2 OpenMP threads per op crawl when a core is busy elsewhere
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _drop(r):

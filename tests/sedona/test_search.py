@@ -24,14 +24,8 @@ from sedona.relaxation import (
 from sedona.weight_memory import WeightMemory, snapshot
 from tests.conftest import Crash, crash_on_call
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 threads on 2 shared cores make the double backward 10x slower here
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# 2 threads on 2 shared cores make the double backward 10x slower here
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(kind: str, seed: int = 0, candidates: tuple[str, ...] = CANDIDATES) -> SearchNet:

@@ -20,13 +20,7 @@ from sedona.relaxation import CANDIDATES, SearchNet, hypergradient, output_scale
 from tests.conftest import Crash, crash_on_call
 from tests.sedona.test_search import _state, batch, tiny_net
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixed_net(kind: str, head: str = "mlp_sr", seed: int = 0) -> SearchNet:
