@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -71,13 +72,17 @@ def test_wandb_offline_keeps_one_run_across_resume(cfg_factory, tmp_path, monkey
         run(cfg_factory(*overrides))
     out = tmp_path / "run"
     run_id = (out / "wandb_run_id").read_text().strip()
+    # wandb names a run's folder offline-run-<date>_<time>-<run id>, and appends -1, -2, ... when a folder of
+    # that name exists: a resume that starts within the same second as the first attempt (seen under load)
+    folder = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?")
     runs_before = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
-    assert runs_before and all(name.endswith(run_id) for name in runs_before)
+    assert runs_before and all(folder.fullmatch(name) for name in runs_before), runs_before
     restore()
     run(cfg_factory(*overrides))
     assert (out / "wandb_run_id").read_text().strip() == run_id
     runs_after = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
-    assert all(name.endswith(run_id) for name in runs_after)
+    assert len(runs_after) > len(runs_before), runs_after  # the resume is a new attempt of the same run
+    assert all(folder.fullmatch(name) for name in runs_after), runs_after
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
